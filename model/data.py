@@ -1,0 +1,758 @@
+"""Dataset discovery, validation and image/mask loading for MVTec-AD-style data.
+
+Layout (MVTec AD)::
+
+    <root>/<category>/train/good/*.png            good images only (unsupervised training)
+    <root>/<category>/test/<defect>/*.png         "good" plus one folder per defect type
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+Scanning never decodes pixels, so it is cheap even for large datasets; decoding
+happens in `load_images` / `load_masks` (optionally through `ImageCache`) and in
+`validate_dataset`, which collects *every* problem so a user can fix a dataset
+in one pass instead of one crash at a time.
+
+Image mode policy (`open_image`), chosen so every model input is 8-bit RGB and
+nothing is silently invented or thrown away:
+
+* ``RGB`` is kept; ``L`` and ``1`` become RGB with the grey value replicated.
+* ``CMYK`` and ``YCbCr`` are converted to RGB by PIL.
+* 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) is scaled to 8 bit
+  with ``value >> 8``; 32-bit integer ``I`` is clipped to 0..255 (its range is
+  not known, so no scaling is guessed).
+* ``RGBA``, ``LA``, ``PA`` and ``P`` with a ``transparency`` entry are accepted
+  only when every pixel is fully opaque (alpha is then dropped); otherwise the
+  file is rejected with "has transparent pixels", because the colour hidden
+  behind transparency is arbitrary and would look like an anomaly.
+  ``P`` without transparency goes straight to RGB.
+* ``F`` and every other mode are rejected ("unsupported image mode X").
+* The EXIF orientation is applied (``ImageOps.exif_transpose``), so sizes are
+  the displayed sizes; masks are compared against those.
+
+Masks must be ``L`` or ``1``; values > 127 are foreground, which binarises the
+soft (anti-aliased) edges some mask editors write.
+
+Every per-file fault raises `DataError` naming the file and the fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "DataError",
+    "Dataset",
+    "ImageCache",
+    "Sample",
+    "ValidationReport",
+    "load_image",
+    "load_images",
+    "load_mask",
+    "load_masks",
+    "open_image",
+    "open_mask",
+    "scan_folder",
+    "scan_mvtec",
+    "split_train",
+    "validate_dataset",
+]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+MAX_PIXELS: int = 50_000_000
+"""Decompression-bomb guard: width*height above this is rejected from the header, before decoding."""
+
+ProgressFn = Callable[[int, int], None]
+
+_MASK_SUFFIX = "_mask"
+_MASK_MODES = frozenset({"L", "1"})
+_GREY_MODES = frozenset({"L", "1"})
+_PIL_CONVERTIBLE = frozenset({"CMYK", "YCbCr"})
+_UINT16_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+_SUPPORTED_MODES = frozenset({"RGB", "P", "I"}) | _GREY_MODES | _PIL_CONVERTIBLE | _UINT16_MODES | _ALPHA_MODES
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+# Bump when decoding/resizing policy changes so old disk-cache entries are never reused.
+_CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """One bad file or layout problem, carrying the file so callers can report or collect it."""
+
+    def __init__(self, path: str | Path | None, reason: str) -> None:
+        self.path: Path | None = Path(path) if path is not None else None
+        self.reason: str = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path is not None else self.reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Custom __init__ signature: keep the error picklable across worker processes.
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset; the mask path is where the mask *should* be (validation checks it exists)."""
+
+    path: Path
+    split: str
+    defect: str
+    mask_path: Path | None = None
+
+    @property
+    def label(self) -> int:
+        """0 for good, 1 for any defect: the image-level target for evaluation."""
+        return 0 if self.defect == "good" else 1
+
+
+@dataclass
+class Dataset:
+    """A scanned category. `layout` ("mvtec" or "folder") tells validation which checks apply."""
+
+    root: Path
+    category: str
+    train: list[Sample]
+    test: list[Sample]
+    layout: str = "mvtec"
+
+    @property
+    def defect_types(self) -> list[str]:
+        """Sorted defect names in the test split, excluding "good"."""
+        return sorted({s.defect for s in self.test if s.defect != "good"})
+
+
+# ----------------------------------------------------------------------------------------------
+# scanning
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_image_name(name: str) -> bool:
+    return not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Visible image files directly in `folder`, sorted by name for a deterministic order."""
+    return sorted(p for p in folder.iterdir() if _is_image_name(p.name) and p.is_file())
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not _is_hidden(p.name) and p.is_dir())
+
+
+def scan_mvtec(root: str | Path, category: str) -> Dataset:
+    """List the files of one MVTec-layout category without decoding anything (fast, deterministic)."""
+    if not category or category in {".", ".."} or "/" in category or "\\" in category:
+        raise DataError(root, f"invalid category name {category!r}")
+    cat_dir = Path(root) / category
+    if not cat_dir.is_dir():
+        raise DataError(cat_dir, "category folder not found")
+    train_dir = cat_dir / "train" / "good"
+    if not train_dir.is_dir():
+        raise DataError(train_dir, "train/good folder not found (MVTec layout needs train/good)")
+
+    train = [Sample(p, "train", "good", None) for p in _image_files(train_dir)]
+    test: list[Sample] = []
+    test_dir = cat_dir / "test"
+    if test_dir.is_dir():
+        gt_dir = cat_dir / "ground_truth"
+        for defect_dir in _subdirs(test_dir):
+            defect = defect_dir.name
+            for p in _image_files(defect_dir):
+                mask = None if defect == "good" else gt_dir / defect / f"{p.stem}{_MASK_SUFFIX}.png"
+                test.append(Sample(p, "test", defect, mask))
+    return Dataset(root=cat_dir, category=category, train=train, test=test, layout="mvtec")
+
+
+def scan_folder(path: str | Path) -> Dataset:
+    """Treat a plain folder (searched recursively) as good training images, e.g. a user's own capture."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(folder, "folder not found")
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]  # prune hidden folders (.git, .cache)
+        files.extend(Path(dirpath) / f for f in filenames if _is_image_name(f))
+    files = sorted(f for f in files if f.is_file())
+    if not files:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(folder, f"no images found (looked for {exts}, hidden files ignored)")
+    name = folder.name or folder.resolve().name
+    return Dataset(
+        root=folder, category=name, train=[Sample(f, "train", "good", None) for f in files], test=[], layout="folder"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Read a whole file, turning OS errors into a DataError that names the file."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, "is a folder, expected an image file") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read file ({exc.strerror or exc})") from None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@contextmanager
+def _open_header(path: Path, data: bytes | None = None, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """Open an image reading only its header, enforcing the pixel limit before any decode.
+
+    With `data` the bytes are used (no file access); otherwise the file is opened lazily, so
+    header-only checks do not read whole files.
+    """
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    fh: Any
+    if data is not None:
+        if len(data) == 0:
+            raise DataError(path, "empty file")
+        fh = io.BytesIO(data)
+    else:
+        try:
+            if path.stat().st_size == 0:
+                raise DataError(path, "empty file")
+            fh = open(path, "rb")  # noqa: SIM115 - closed in finally
+        except FileNotFoundError:
+            raise DataError(path, "file not found") from None
+        except IsADirectoryError:
+            raise DataError(path, "is a folder, expected an image file") from None
+        except OSError as exc:
+            raise DataError(path, f"cannot read file ({exc.strerror or exc})") from None
+    img: Image.Image | None = None
+    try:
+        try:
+            with warnings.catch_warnings():
+                # We enforce our own (lower) limit below; PIL's warning would only be noise.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(fh)
+        except Image.DecompressionBombError as exc:
+            raise DataError(path, f"image too large: {exc}") from None
+        except Exception as exc:  # PIL plugins raise many exception types on garbage input
+            raise DataError(path, f"not a readable image ({_describe(exc)})") from None
+        w, h = img.size
+        if w * h > limit:
+            raise DataError(path, f"image too large: {w}x{h} exceeds {limit} pixels")
+        if w <= 0 or h <= 0:
+            raise DataError(path, f"image has no pixels ({w}x{h})")
+        yield img
+    finally:
+        if img is not None:
+            img.close()
+        fh.close()
+
+
+def _display_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header only."""
+    w, h = img.size
+    if img.format == "PNG" and "exif" not in img.info:
+        return w, h  # PngImageFile.getexif() would decode the whole image to look for a late eXIf chunk
+    try:
+        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # broken EXIF is reported when the image is decoded
+        orientation = 1
+    return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
+
+
+def _check_mode(img: Image.Image, path: Path) -> None:
+    if img.mode not in _SUPPORTED_MODES:
+        raise DataError(path, f"unsupported image mode {img.mode}")
+
+
+def _decode(img: Image.Image, path: Path) -> Image.Image:
+    """Fully decode and apply EXIF orientation; truncated data must fail, never be zero-filled."""
+    # Some other library may have flipped this global; a half-grey image would poison training.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        img.load()
+    except Exception as exc:  # OSError for truncation, assorted types for corrupt streams
+        raise DataError(path, f"truncated or corrupt image data ({_describe(exc)})") from None
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:
+        raise DataError(path, f"invalid EXIF orientation data ({_describe(exc)})") from None
+
+
+def _require_opaque(rgba: Image.Image, path: Path) -> Image.Image:
+    lo, _ = rgba.getchannel("A").getextrema()
+    if lo < 255:
+        raise DataError(path, "has transparent pixels (only fully opaque images are accepted)")
+    return rgba.convert("RGB")
+
+
+def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """Apply the module's mode policy to a decoded image (see module docstring)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _GREY_MODES or mode in _PIL_CONVERTIBLE:
+        return img.convert("RGB")
+    if mode == "P":
+        if "transparency" in img.info:
+            return _require_opaque(img.convert("RGBA"), path)
+        return img.convert("RGB")
+    if mode in _ALPHA_MODES:
+        return _require_opaque(img.convert("RGBA"), path)
+    if mode in _UINT16_MODES:
+        grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "I":
+        grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    raise DataError(path, f"unsupported image mode {mode}")
+
+
+def open_image(path: str | Path, data: bytes | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Return a fully loaded RGB image, or a DataError naming the file and the fault.
+
+    `data` lets a caller that already holds the bytes (e.g. `ImageCache`) avoid a second read.
+    `max_pixels` defaults to the module's `MAX_PIXELS` at call time (so it can be patched).
+    """
+    path = Path(path)
+    if data is None:
+        data = _read_bytes(path)
+    with _open_header(path, data, max_pixels) as img:
+        _check_mode(img, path)
+        decoded = _decode(img, path)
+        rgb = _to_rgb(decoded, path)
+        rgb.load()
+        return rgb
+
+
+def _check_size(size: int | None) -> None:
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0):
+        raise ValueError(f"size must be a positive int or None, got {size!r}")
+
+
+def load_image(path: str | Path, size: int | None = None, data: bytes | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) array, resized to (size, size) with bilinear filtering when `size` is given."""
+    _check_size(size)
+    img = open_image(Path(path), data=data)
+    if size is not None and img.size != (size, size):
+        img = img.resize((int(size), int(size)), Image.Resampling.BILINEAR)
+    return np.array(img, dtype=np.uint8)
+
+
+def _mask_header(path: Path, data: bytes | None) -> tuple[str, tuple[int, int]]:
+    """(mode, displayed size) of a mask, from its header."""
+    with _open_header(path, data) as img:
+        return img.mode, _display_size(img)
+
+
+def _check_mask_size(path: Path, mask_size: tuple[int, int], expected_size: tuple[int, int] | None) -> None:
+    if expected_size is not None and tuple(mask_size) != tuple(expected_size):
+        mw, mh = mask_size
+        ew, eh = expected_size
+        raise DataError(path, f"mask size {mw}x{mh} does not match image size {ew}x{eh}")
+
+
+def _read_mask_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise DataError(path, "mask missing")
+    return _read_bytes(path)
+
+
+def open_mask(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """bool mask at native (displayed) size; values > 127 are True so soft edges are binarised."""
+    path = Path(path)
+    if data is None:
+        data = _read_mask_bytes(path)
+    with _open_header(path, data) as img:
+        if img.mode not in _MASK_MODES:
+            raise DataError(path, f"mask mode {img.mode}, expected L")
+        decoded = _decode(img, path)
+        return np.asarray(decoded.convert("L")) > 127
+
+
+def load_mask(
+    path: str | Path,
+    size: int | None = None,
+    expected_size: tuple[int, int] | None = None,
+    data: bytes | None = None,
+) -> np.ndarray:
+    """bool (size, size) mask; `expected_size` = (width, height) of its image, checked before decoding.
+
+    Resizing uses NEAREST after binarising so the result stays strictly two-valued.
+    """
+    _check_size(size)
+    path = Path(path)
+    if data is None:
+        data = _read_mask_bytes(path)
+    if expected_size is not None:
+        _check_mask_size(path, _mask_header(path, data)[1], expected_size)
+    mask = open_mask(path, data=data)
+    if size is not None and mask.shape != (size, size):
+        img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+        mask = np.asarray(img.resize((int(size), int(size)), Image.Resampling.NEAREST)) > 127
+    return np.ascontiguousarray(mask, dtype=bool)
+
+
+def _image_display_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image as `open_image` will return it, reading only the header."""
+    with _open_header(path) as img:
+        return _display_size(img)
+
+
+# ----------------------------------------------------------------------------------------------
+# cache
+
+
+class ImageCache:
+    """Decode each file once per target size.
+
+    Key = sha256 of the file bytes + kind (image/mask) + size (+ a policy version), so an edited
+    file is never served stale. Entries live in memory (LRU-bounded by `max_memory_items`) and,
+    with `cache_dir`, on disk as ``<key>.npy`` written atomically (temp file + os.replace), so a
+    crashed or concurrent writer never leaves a half-written entry. Returned arrays are shared
+    with the cache and therefore read-only: copy before modifying. Not thread-safe.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None, max_memory_items: int | None = None) -> None:
+        if max_memory_items is not None and max_memory_items < 0:
+            raise ValueError(f"max_memory_items must be >= 0 or None, got {max_memory_items}")
+        self.cache_dir: Path | None = Path(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.max_memory_items = max_memory_items
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _key(kind: str, size: int | None, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        return f"v{_CACHE_VERSION}-{kind}-{'native' if size is None else int(size)}-{digest}"
+
+    def _disk_path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
+
+    def _lookup(self, key: str, dtype: type, shape: tuple[int, ...] | None) -> np.ndarray | None:
+        arr = self._memory.get(key)
+        if arr is not None:
+            self._memory.move_to_end(key)
+            return arr
+        disk = self._disk_path(key)
+        if disk is None:
+            return None
+        try:
+            arr = np.load(disk, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError):
+            return None  # corrupt entry: treat as a miss; it is rewritten atomically
+        if arr.dtype != dtype or (shape is not None and arr.shape != shape):
+            return None
+        arr.setflags(write=False)
+        self._remember(key, arr)
+        return arr
+
+    def _remember(self, key: str, arr: np.ndarray) -> None:
+        if self.max_memory_items == 0:
+            return
+        self._memory[key] = arr
+        self._memory.move_to_end(key)
+        while self.max_memory_items is not None and len(self._memory) > self.max_memory_items:
+            self._memory.popitem(last=False)
+
+    def _store(self, key: str, arr: np.ndarray) -> np.ndarray:
+        arr.setflags(write=False)
+        self._remember(key, arr)
+        disk = self._disk_path(key)
+        if disk is not None:
+            try:
+                fd, tmp = tempfile.mkstemp(dir=disk.parent, prefix=f".{key}.", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        np.save(fh, arr, allow_pickle=False)
+                    os.replace(tmp, disk)
+                except BaseException:
+                    with suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            except OSError as exc:
+                # The cache is only an accelerator: a full or read-only disk must not stop training.
+                warnings.warn(f"image cache: could not write {disk} ({exc})", RuntimeWarning, stacklevel=3)
+        return arr
+
+    def image(self, path: str | Path, size: int | None) -> np.ndarray:
+        """uint8 (size, size, 3); the file is read once and decoded from those same bytes on a miss."""
+        _check_size(size)
+        path = Path(path)
+        data = _read_bytes(path)
+        key = self._key("image", size, data)
+        shape = None if size is None else (int(size), int(size), 3)
+        arr = self._lookup(key, np.uint8, shape)
+        if arr is not None:
+            self.hits += 1
+            return arr
+        self.misses += 1
+        return self._store(key, load_image(path, size, data=data))
+
+    def mask(self, path: str | Path, size: int | None, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+        """bool (size, size); the size check against `expected_size` runs on hits too (header only)."""
+        _check_size(size)
+        path = Path(path)
+        data = _read_mask_bytes(path)
+        if expected_size is not None:
+            _check_mask_size(path, _mask_header(path, data)[1], expected_size)
+        key = self._key("mask", size, data)
+        shape = None if size is None else (int(size), int(size))
+        arr = self._lookup(key, np.bool_, shape)
+        if arr is not None:
+            self.hits += 1
+            return arr
+        self.misses += 1
+        return self._store(key, load_mask(path, size, data=data))
+
+
+# ----------------------------------------------------------------------------------------------
+# batch loading and splitting
+
+
+def load_images(
+    samples: Sequence[Sample],
+    size: int,
+    cache: ImageCache | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """(N, size, size, 3) uint8 stack for the model; `progress(done, total)` after each image."""
+    _check_size(size)
+    total = len(samples)
+    out = np.empty((total, size, size, 3), dtype=np.uint8)
+    for i, s in enumerate(samples):
+        out[i] = cache.image(s.path, size) if cache is not None else load_image(s.path, size)
+        if progress is not None:
+            progress(i + 1, total)
+    return out
+
+
+def load_masks(samples: Sequence[Sample], size: int, cache: ImageCache | None = None) -> np.ndarray:
+    """(N, size, size) bool ground truth; good samples are all False, defect masks must match their image size."""
+    _check_size(size)
+    out = np.zeros((len(samples), size, size), dtype=bool)
+    for i, s in enumerate(samples):
+        if s.label == 0:
+            continue
+        if s.mask_path is None:
+            raise DataError(s.path, f"defect image ({s.defect}) has no mask path")
+        expected = _image_display_size(s.path)
+        if cache is not None:
+            out[i] = cache.mask(s.mask_path, size, expected_size=expected)
+        else:
+            out[i] = load_mask(s.mask_path, size, expected_size=expected)
+    return out
+
+
+def split_train(
+    samples: Sequence[Sample], holdout_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """Seeded split of train/good into (fit, holdout), so thresholds are calibrated on unseen good images.
+
+    Test samples are refused: calibrating on them would leak the evaluation set. The result does not
+    depend on the input order (samples are sorted by path first); each part is sorted by path.
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    if len(samples) < 2:
+        raise ValueError(f"need at least 2 training samples to split, got {len(samples)}")
+    for s in samples:
+        if s.split != "train" or s.defect != "good":
+            raise ValueError(f"split_train only splits train/good samples; got {s.split}/{s.defect}: {s.path}")
+    ordered = sorted(samples, key=lambda s: str(s.path))
+    n = len(ordered)
+    n_hold = min(max(int(round(n * holdout_fraction)), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    hold_idx = set(perm[:n_hold].tolist())
+    fit = [s for i, s in enumerate(ordered) if i not in hold_idx]
+    holdout = [s for i, s in enumerate(ordered) if i in hold_idx]
+    return fit, holdout
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass
+class ValidationReport:
+    """Everything found wrong with a dataset at once, plus statistics to spot odd files."""
+
+    category: str
+    counts: dict[str, int] = field(default_factory=dict)
+    image_sizes: dict[str, int] = field(default_factory=dict)
+    image_modes: dict[str, int] = field(default_factory=dict)
+    n_masks: int = 0
+    problems: list[DataError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self, max_problems: int = 20) -> str:
+        """Human-readable report: counts table, sizes, modes, then problems (first `max_problems`)."""
+        n_images = sum(self.counts.values())
+        status = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        lines = [f"dataset {self.category}: {n_images} images, {self.n_masks} masks - {status}"]
+        width = max((len(k) for k in self.counts), default=0)
+        lines += [f"  {k:<{width}}  {v:>6}" for k, v in self.counts.items()]
+        lines.append("sizes: " + (", ".join(f"{k} ({v})" for k, v in self.image_sizes.items()) or "-"))
+        lines.append("modes: " + (", ".join(f"{k} ({v})" for k, v in self.image_modes.items()) or "-"))
+        if self.problems:
+            lines.append("problems:")
+            lines += [f"  {p}" for p in self.problems[:max_problems]]
+            if len(self.problems) > max_problems:
+                lines.append(f"  ... and {len(self.problems) - max_problems} more")
+        return "\n".join(lines)
+
+    def raise_for_problems(self) -> None:
+        """Raise one DataError listing every problem, so a pipeline stops with the full picture."""
+        if self.problems:
+            body = "\n".join(f"  {p}" for p in self.problems)
+            raise DataError(None, f"dataset {self.category} has {len(self.problems)} problem(s):\n{body}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form for logs and run artifacts."""
+        return {
+            "category": self.category,
+            "ok": self.ok,
+            "counts": dict(self.counts),
+            "image_sizes": dict(self.image_sizes),
+            "image_modes": dict(self.image_modes),
+            "n_masks": self.n_masks,
+            "problems": [
+                {"path": None if p.path is None else str(p.path), "reason": p.reason} for p in self.problems
+            ],
+        }
+
+
+def _inspect_image(path: Path, decode: bool, modes: Counter[str], sizes: Counter[str]) -> tuple[int, int]:
+    """Record header statistics, then check the image as deeply as `decode` asks; returns displayed size."""
+    data = _read_bytes(path)
+    with _open_header(path, data) as img:
+        w, h = _display_size(img)
+        modes[img.mode] += 1
+        sizes[f"{w}x{h}"] += 1
+        _check_mode(img, path)
+        if decode:
+            _to_rgb(_decode(img, path), path)
+            return w, h
+    with _open_header(path, data) as img:  # verify() must run on a freshly opened image
+        try:
+            img.verify()
+        except Exception as exc:
+            raise DataError(path, f"truncated or corrupt image data ({_describe(exc)})") from None
+    return w, h
+
+
+def _inspect_mask(path: Path, image_size: tuple[int, int] | None, decode: bool) -> None:
+    data = _read_bytes(path)
+    mode, size = _mask_header(path, data)
+    if mode not in _MASK_MODES:
+        raise DataError(path, f"mask mode {mode}, expected L")
+    if image_size is not None:
+        _check_mask_size(path, size, image_size)
+    if decode:
+        open_mask(path, data=data)
+    else:
+        with _open_header(path, data) as img:
+            try:
+                img.verify()
+            except Exception as exc:
+                raise DataError(path, f"truncated or corrupt image data ({_describe(exc)})") from None
+
+
+def _orphan_masks(ds: Dataset) -> list[DataError]:
+    """Masks in ground_truth/<defect>/ whose image test/<defect>/<stem>.* was not found."""
+    gt_dir = ds.root / "ground_truth"
+    if not gt_dir.is_dir():
+        return []
+    stems = {(s.defect, s.path.stem) for s in ds.test}
+    problems = []
+    for defect_dir in _subdirs(gt_dir):
+        for mask in _image_files(defect_dir):
+            stem = mask.stem
+            if not stem.endswith(_MASK_SUFFIX):
+                reason = f"mask without image (mask names must be <image stem>{_MASK_SUFFIX}.png)"
+                problems.append(DataError(mask, reason))
+            elif (defect_dir.name, stem[: -len(_MASK_SUFFIX)]) not in stems:
+                image = f"test/{defect_dir.name}/{stem[: -len(_MASK_SUFFIX)]}.*"
+                problems.append(DataError(mask, f"mask without image (no {image})"))
+    return problems
+
+
+def validate_dataset(ds: Dataset, decode: bool = True, progress: ProgressFn | None = None) -> ValidationReport:
+    """Check every file and collect all problems instead of stopping at the first.
+
+    decode=True fully decodes images and masks (catches truncation anywhere and transparency);
+    decode=False reads headers and runs PIL's verify() (much faster; PNG CRCs are still checked).
+    """
+    problems: list[DataError] = []
+    counts: dict[str, int] = {}
+    for s in [*ds.train, *ds.test]:
+        key = f"{s.split}/{s.defect}"
+        counts[key] = counts.get(key, 0) + 1
+    if not ds.train:
+        train_dir = ds.root / "train" / "good" if ds.layout == "mvtec" else ds.root
+        problems.append(DataError(train_dir, "empty train split"))
+    if not ds.test and ds.layout == "mvtec" and (ds.root / "test").is_dir():
+        problems.append(DataError(ds.root / "test", "empty test split (test folder has no images)"))
+
+    modes: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    n_masks = 0
+    samples = [*ds.train, *ds.test]
+    for i, s in enumerate(samples):
+        image_size: tuple[int, int] | None = None
+        try:
+            image_size = _inspect_image(s.path, decode, modes, sizes)
+        except DataError as exc:
+            problems.append(exc)
+        if s.label == 1:
+            if s.mask_path is None:
+                problems.append(DataError(s.path, "defect image has no mask path"))
+            elif not s.mask_path.exists():
+                problems.append(DataError(s.mask_path, f"mask missing (for image {s.path})"))
+            else:
+                n_masks += 1
+                try:
+                    _inspect_mask(s.mask_path, image_size, decode)
+                except DataError as exc:
+                    problems.append(exc)
+        if progress is not None:
+            progress(i + 1, len(samples))
+    if ds.layout == "mvtec":
+        problems.extend(_orphan_masks(ds))
+
+    return ValidationReport(
+        category=ds.category,
+        counts=counts,
+        image_sizes=dict(sizes.most_common()),
+        image_modes=dict(modes.most_common()),
+        n_masks=n_masks,
+        problems=problems,
+    )

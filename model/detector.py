@@ -1,0 +1,139 @@
+"""The one interface every detector family offers (autoencoder now, feature-based later).
+
+In the spirit of a scikit-learn estimator: the constructor takes config, `fit` learns from
+good images only, and everything learned (weights, thresholds, preprocessing) is saved with
+the model, so inspection can never apply a model with the wrong resize or threshold.
+Images enter as uint8 arrays (N,H,W,3) already resized to `image_size` (see model.data).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from model.calibration import decide
+from model.scoring import SCORE_METHODS, image_scores
+
+FORMAT_VERSION = 1
+METADATA_FILE = "detector.json"
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ScoreResult:
+    """Anomaly maps (N,H,W) at input resolution and pooled image scores by method."""
+
+    maps: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+class Detector(ABC):
+    family: ClassVar[str]
+
+    def __init__(self, image_size: int, score_method: str = "smoothed_max", score_sigma: float = 4.0) -> None:
+        if score_method not in SCORE_METHODS:
+            raise ValueError(f"unknown score method {score_method!r}; expected one of {SCORE_METHODS}")
+        self.image_size = image_size
+        self.score_method = score_method
+        self.score_sigma = score_sigma
+        self.threshold: float | None = None  # image-level, calibrated on held-out normals
+        self.pixel_threshold: float | None = None  # segmentation threshold for IoU / overlays
+
+    # -- learning and inference -------------------------------------------------------
+    @abstractmethod
+    def fit(self, images: np.ndarray, holdout: np.ndarray | None = None, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+        """Learn from good images; return per-epoch history records."""
+
+    @abstractmethod
+    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
+        """Per-pixel anomaly scores (N,H,W) float32 at input resolution."""
+
+    def check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        expected = (self.image_size, self.image_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"expected images of shape (N, {self.image_size}, {self.image_size}, 3), got {images.shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images, got {images.dtype}")
+        return images
+
+    def score(self, images: np.ndarray) -> ScoreResult:
+        maps = self.anomaly_maps(images)
+        return ScoreResult(maps=maps, scores=image_scores(maps, self.score_sigma))
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        if self.threshold is None:
+            raise RuntimeError("the detector has no calibrated threshold yet")
+        return decide(scores, self.threshold)
+
+    # -- persistence -------------------------------------------------------------------
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """Constructor config, JSON-serialisable."""
+
+    @abstractmethod
+    def _save_weights(self, directory: Path) -> None: ...
+
+    @abstractmethod
+    def _load_weights(self, directory: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: dict[str, Any]) -> "Detector": ...
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "family": self.family,
+            "image_size": self.image_size,
+            "score_method": self.score_method,
+            "score_sigma": self.score_sigma,
+            "threshold": self.threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "config": self.config_dict(),
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write weights and metadata; the metadata file is written last, atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_weights(directory)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".detector-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.metadata(), fh, indent=2)
+        os.replace(tmp, directory / METADATA_FILE)
+        return directory
+
+
+def _families() -> dict[str, type[Detector]]:
+    from model.autoencoder import AutoencoderDetector
+
+    return {AutoencoderDetector.family: AutoencoderDetector}
+
+
+def load_detector(directory: str | Path) -> Detector:
+    """Load any saved detector; weights are read with torch.load(weights_only=True)."""
+    directory = Path(directory)
+    meta_path = directory / METADATA_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not a saved anomaflow detector (no {METADATA_FILE})")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
+    families = _families()
+    family = meta.get("family")
+    if family not in families:
+        raise ValueError(f"{meta_path}: unknown detector family {family!r}; known: {sorted(families)}")
+    det = families[family].from_config(meta["config"])
+    det.score_method = meta["score_method"]
+    det.score_sigma = meta["score_sigma"]
+    det.threshold = meta["threshold"]
+    det.pixel_threshold = meta["pixel_threshold"]
+    det._load_weights(directory)
+    return det

@@ -1,0 +1,176 @@
+"""The core run as small steps: data -> fit -> score -> calibrate -> evaluate -> report.
+
+Each step is one plain function over arrays and files, so a Prefect task can wrap it
+one-to-one and a notebook can call it directly. No step reads test labels before
+`evaluate_split`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from model import calibration, data, plots
+from model.autoencoder import AutoencoderDetector
+from model.config import TrainConfig
+from model.demo import make_demo_dataset
+from model.detector import Detector, ScoreResult
+from model.evaluation import Evaluation, evaluate
+
+DEMO_CATEGORY = "demo"
+
+
+def default_home() -> Path:
+    """Where anomaflow keeps generated demo data and caches (ANOMAFLOW_HOME or the XDG cache)."""
+    if os.environ.get("ANOMAFLOW_HOME"):
+        return Path(os.environ["ANOMAFLOW_HOME"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "anomaflow"
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """Pin torch's intra-op threads on purpose: oversubscribing 2 cores made calls 50x slower."""
+    n = num_threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def resolve_data_root(config: TrainConfig) -> tuple[Path, str]:
+    """(data_root, category); no data_root means the generated demo set (written once)."""
+    if config.data_root:
+        return Path(config.data_root).expanduser(), config.category
+    root = default_home() / "demo-data"
+    make_demo_dataset(root, DEMO_CATEGORY, seed=0)
+    return root, DEMO_CATEGORY
+
+
+def load_dataset(root: Path, category: str) -> data.Dataset:
+    """MVTec layout when root/category exists; else root as a plain folder of good images."""
+    if (root / category).is_dir():
+        return data.scan_mvtec(root, category)
+    if root.is_dir() and any(p.suffix.lower() in data.IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file()):
+        return data.scan_folder(root)
+    raise data.DataError(root / category, "category folder not found (and no images under the root to use as a plain folder of good images)")
+
+
+@dataclass
+class Arrays:
+    """Decoded, resized images of every split the run needs."""
+
+    fit: np.ndarray
+    holdout: np.ndarray
+    test: np.ndarray
+    test_masks: np.ndarray
+    fit_samples: list[data.Sample]
+    holdout_samples: list[data.Sample]
+    test_samples: list[data.Sample]
+
+
+def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None] = print) -> Arrays:
+    size = config.autoencoder.image_size
+    cache = data.ImageCache(config.cache_dir)
+    fit_s, hold_s = data.split_train(ds.train, config.holdout_fraction, config.seed)
+    t0 = time.perf_counter()
+    fit = data.load_images(fit_s, size, cache)
+    holdout = data.load_images(hold_s, size, cache)
+    test = data.load_images(ds.test, size, cache) if ds.test else np.zeros((0, size, size, 3), np.uint8)
+    masks = data.load_masks(ds.test, size, cache) if ds.test else np.zeros((0, size, size), bool)
+    log(f"loaded {len(fit)} fit, {len(holdout)} held-out normal, {len(test)} test images at {size}px in {time.perf_counter() - t0:.1f}s")
+    return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test))
+
+
+def build_detector(config: TrainConfig) -> Detector:
+    if config.detector == "autoencoder":
+        return AutoencoderDetector(config.autoencoder, score_method=config.score_method, seed=config.seed)
+    raise ValueError(f"unknown detector {config.detector!r}")
+
+
+def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Detector, list[dict[str, Any]], float]:
+    """Seeded fit on good images only; returns (detector, per-epoch history, seconds)."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    det = build_detector(config)
+    t0 = time.perf_counter()
+    kwargs = {"progress": progress} if progress is not None else {}
+    history = det.fit(arrays.fit, arrays.holdout, **kwargs)
+    return det, history, time.perf_counter() - t0
+
+
+def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: ScoreResult) -> dict[str, float]:
+    """Image and pixel thresholds from held-out normal images only; stored on the detector."""
+    normal = holdout_result.scores[config.score_method]
+    det.threshold = calibration.calibrate(
+        config.threshold_method if config.threshold_method != "f1_max" else "percentile",
+        normal,
+        percentile=config.threshold_percentile,
+        target_fpr=config.target_fpr,
+    )
+    det.pixel_threshold = calibration.pixel_threshold(holdout_result.maps, config.pixel_threshold_percentile)
+    return {"threshold": det.threshold, "pixel_threshold": det.pixel_threshold}
+
+
+def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, score_method: str) -> Evaluation:
+    assert det.threshold is not None
+    return evaluate(
+        labels=np.array([s.label for s in arrays.test_samples]),
+        scores=test_result.scores,
+        score_method=score_method,
+        threshold=det.threshold,
+        masks=arrays.test_masks,
+        maps=test_result.maps,
+        defects=[s.defect for s in arrays.test_samples],
+        pixel_threshold=det.pixel_threshold,
+        paths=[str(s.path) for s in arrays.test_samples],
+    )
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    """Atomic JSON write: a crash never leaves half a metrics file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+    return path
+
+
+def write_figures(out: Path, arrays: Arrays, test_result: ScoreResult, ev: Evaluation, det: Detector, score_method: str, max_heatmaps: int = 16) -> dict[str, Path]:
+    """ROC curves, score histogram with threshold, heat-map overlay grid; returns name -> path."""
+    figs: dict[str, Path] = {}
+    if ev.roc_curves:
+        figs["roc"] = plots.save_figure(plots.plot_roc(ev.roc_curves), out / "roc.png")
+    labels = np.array([s.label for s in arrays.test_samples])
+    if len(labels):
+        figs["score_histogram"] = plots.save_figure(
+            plots.plot_score_histogram(test_result.scores[score_method], labels, det.threshold, title=f"Image scores ({score_method})"),
+            out / "score_histogram.png",
+        )
+        idx = _heatmap_selection(arrays.test_samples, max_heatmaps)
+        figs["heatmaps"] = plots.save_figure(
+            plots.plot_heatmap_grid(
+                arrays.test[idx], test_result.maps[idx], arrays.test_masks[idx],
+                titles=[f"{arrays.test_samples[i].defect}/{arrays.test_samples[i].path.name}" for i in idx],
+                vmax=det.pixel_threshold * 2 if det.pixel_threshold else None,
+            ),
+            out / "heatmaps.png",
+        )
+    return figs
+
+
+def _heatmap_selection(samples: list[data.Sample], k: int) -> np.ndarray:
+    """Up to k test images spread over defect types (good included), deterministic."""
+    by_type: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_type.setdefault(s.defect, []).append(i)
+    picked: list[int] = []
+    while len(picked) < min(k, len(samples)):
+        for idxs in by_type.values():
+            if idxs and len(picked) < k:
+                picked.append(idxs.pop(0))
+    return np.array(sorted(picked), dtype=int)

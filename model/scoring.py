@@ -1,0 +1,92 @@
+"""Anomaly maps and image scores from a reconstruction.
+
+The autoencoder's core signal is the residual between an image and its reconstruction.
+Per-pixel squared error localises colour/intensity defects; a structural (SSIM) residual
+also catches texture and edge defects whose mean intensity barely changes. Image scores
+are pooled from the map: the mean (the seed's score), the max, and the max of a smoothed
+map, which is robust to single noisy pixels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MapKind = Literal["l2", "l1", "ssim", "l2_ssim"]
+ScoreMethod = Literal["mean", "max", "smoothed_max"]
+SCORE_METHODS: tuple[str, ...] = ("mean", "max", "smoothed_max")
+
+
+def _gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-(x**2) / (2.0 * sigma**2))
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N,C,H,W) with reflect padding; sigma <= 0 is identity."""
+    if sigma <= 0:
+        return x
+    k = _gaussian_kernel1d(sigma, x.device)
+    c = x.shape[1]
+    r = k.numel() // 2
+    kh = k.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    kv = k.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), kh, groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), kv, groups=c)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5, data_range: float = 1.0) -> torch.Tensor:
+    """Per-pixel SSIM of two (N,C,H,W) batches, averaged over channels -> (N,H,W)."""
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    mu_x = gaussian_blur(x, sigma)
+    mu_y = gaussian_blur(y, sigma)
+    sxx = gaussian_blur(x * x, sigma) - mu_x**2
+    syy = gaussian_blur(y * y, sigma) - mu_y**2
+    sxy = gaussian_blur(x * y, sigma) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+    return (num / den).mean(dim=1)
+
+
+def residual_map(x: torch.Tensor, recon: torch.Tensor, kind: MapKind = "l2") -> torch.Tensor:
+    """Per-pixel anomaly map (N,H,W) from inputs and reconstructions in [0,1]."""
+    if kind == "l2":
+        return ((x - recon) ** 2).mean(dim=1)
+    if kind == "l1":
+        return (x - recon).abs().mean(dim=1)
+    if kind == "ssim":
+        return (1.0 - ssim_map(x, recon)).clamp(min=0.0) / 2.0
+    if kind == "l2_ssim":
+        # Both terms live in comparable ranges for [0,1] images; the sum keeps colour and structure.
+        return ((x - recon) ** 2).mean(dim=1) + (1.0 - ssim_map(x, recon)).clamp(min=0.0) / 2.0
+    raise ValueError(f"unknown map kind {kind!r}; expected one of l2, l1, ssim, l2_ssim")
+
+
+def smooth_maps(maps: np.ndarray | torch.Tensor, sigma: float) -> np.ndarray:
+    """Gaussian-smooth a stack of maps (N,H,W); returns float32 numpy."""
+    t = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    if sigma > 0:
+        t = gaussian_blur(t.unsqueeze(1), sigma).squeeze(1)
+    return t.numpy().astype(np.float32, copy=False)
+
+
+def image_scores(maps: np.ndarray, smooth_sigma: float = 4.0) -> dict[str, np.ndarray]:
+    """Pool maps (N,H,W) into image scores: mean, max and smoothed max (keys of SCORE_METHODS)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    n, pixels = maps.shape[0], int(np.prod(maps.shape[1:]))
+    if n == 0:
+        return {m: np.zeros(0) for m in SCORE_METHODS}
+    flat = maps.reshape(n, pixels)
+    smoothed = smooth_maps(maps, smooth_sigma).reshape(n, pixels)
+    return {
+        "mean": flat.mean(axis=1).astype(np.float64),
+        "max": flat.max(axis=1).astype(np.float64),
+        "smoothed_max": smoothed.max(axis=1).astype(np.float64),
+    }

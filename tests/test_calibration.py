@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from model import calibration as cal
+
+
+def test_percentile_threshold_matches_numpy():
+    s = np.arange(1, 101, dtype=float)
+    assert cal.percentile_threshold(s, 75) == pytest.approx(np.percentile(s, 75))
+    assert cal.percentile_threshold(s, 99) == pytest.approx(99.01)
+    with pytest.raises(ValueError, match="percentile"):
+        cal.percentile_threshold(s, 0)
+    with pytest.raises(ValueError, match="no normal scores"):
+        cal.percentile_threshold(np.array([]), 95)
+    with pytest.raises(ValueError, match="NaN"):
+        cal.percentile_threshold(np.array([1.0, np.nan]), 95)
+
+
+def test_fpr_threshold_respects_target():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=200)
+    for target in (0.0, 0.01, 0.05, 0.2):
+        thr = cal.fpr_threshold(s, target)
+        fpr = (s > thr).mean()
+        assert fpr <= target + 1e-12
+        # the threshold is tight: one step lower would exceed the target (unless target is hit exactly)
+        lower = np.sort(s)[np.searchsorted(np.sort(s), thr) - 1]
+        assert (s > lower).mean() > target or target == 0.0 and thr == s.max()
+
+
+def test_f1_max_threshold_separable():
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 1.0])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    thr = cal.f1_max_threshold(scores, labels)
+    assert 0.3 <= thr < 0.8
+    assert list(cal.decide(scores, thr)) == ["NORMAL"] * 3 + ["DEFECT"] * 3
+    with pytest.raises(ValueError, match="both"):
+        cal.f1_max_threshold(scores, np.zeros(6))
+
+
+def test_f1_max_threshold_overlap_is_optimal():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    scores = labels + rng.normal(scale=0.8, size=60)
+    thr = cal.f1_max_threshold(scores, labels)
+
+    def f1(t):
+        p = scores > t
+        tp = (p & (labels == 1)).sum()
+        return 2 * tp / max(p.sum() + labels.sum(), 1)
+
+    best = max(f1(t) for t in np.concatenate([scores, [scores.min() - 1]]))
+    assert f1(thr) == pytest.approx(best)
+
+
+def test_calibrate_dispatch_and_decide():
+    normal = np.linspace(0, 1, 11)
+    assert cal.calibrate("percentile", normal, percentile=50) == pytest.approx(0.5)
+    assert cal.calibrate("fpr", normal, target_fpr=0.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="labelled"):
+        cal.calibrate("f1_max", normal)
+    with pytest.raises(ValueError, match="unknown"):
+        cal.calibrate("magic", normal)
+    d = cal.decide(np.array([0.4, 0.5, 0.6]), 0.5)
+    assert list(d) == ["NORMAL", "NORMAL", "DEFECT"]
+
+
+def test_pixel_threshold_from_normal_maps():
+    maps = np.random.default_rng(0).random((10, 100, 100)).astype(np.float32)
+    thr = cal.pixel_threshold(maps, 99.0)
+    assert 0.009 <= (maps > thr).mean() <= 0.0101

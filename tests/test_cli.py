@@ -1,0 +1,78 @@
+import json
+import shutil
+
+import pytest
+
+from flows.cli import main
+
+FAST = ["--image-size", "64", "--epochs", "2", "--batch-size", "8", "--threads", "2"]
+
+
+def test_train_end_to_end_writes_metrics_and_figures(demo_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(out), *FAST])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou",
+                "pixel_iou_blob", "pixel_iou_crack", "pixel_iou_scratch", "pixel_iou_oracle", "threshold",
+                "pixel_threshold", "train_seconds", "f1"):
+        assert key in m, key
+    for key in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["pixel_iou_oracle"] >= m["pixel_iou"] - 1e-9
+    for fig in ("roc.png", "score_histogram.png", "heatmaps.png"):
+        assert (out / fig).stat().st_size > 1000
+    assert (out / "model" / "detector.json").is_file()
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    text = capsys.readouterr().out
+    assert "epoch   1/2" in text and "train/good" in text
+
+
+def test_train_without_data_uses_demo(anomaflow_home, tmp_path, monkeypatch):
+    import model.pipeline as pipeline
+
+    real = pipeline.make_demo_dataset
+    # The built-in demo set at its default size is what `make demo` uses; keep this test quick with a smaller one.
+    monkeypatch.setattr(pipeline, "make_demo_dataset", lambda root, cat, seed=0: real(root, cat, seed=seed, image_size=64, n_train=12, n_test_good=3, n_test_per_defect=2))
+    out = tmp_path / "out"
+    assert main(["train", "--output", str(out), *FAST]) == 0
+    assert (anomaflow_home / "demo-data" / "demo" / ".demo.json").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["category"] == "demo" and run["params"]["data_root"] is None
+
+
+def test_train_refuses_broken_dataset_before_training(demo_root, tmp_path, capsys):
+    root = tmp_path / "broken"
+    shutil.copytree(demo_root, root)
+    victim = root / "demo" / "train" / "good" / "003.png"
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG
+    (root / "demo" / "ground_truth" / "blob" / "001_mask.png").unlink()
+    out = tmp_path / "out"
+    rc = main(["train", "--data", str(root), "--category", "demo", "--output", str(out), *FAST])
+    err = capsys.readouterr()
+    assert rc == 2
+    assert "003.png" in err.err and "001_mask.png" in err.err
+    assert "epoch" not in err.out  # no compute spent
+    assert not (out / "metrics.json").exists()
+
+
+def test_missing_category_is_a_clear_error(tmp_path, capsys):
+    rc = main(["train", "--data", str(tmp_path), "--category", "bottle", "--output", str(tmp_path / "o"), *FAST])
+    assert rc == 2
+    assert "bottle" in capsys.readouterr().err
+
+
+def test_demo_data_command(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "d"), "--size", "64"]) == 0
+    assert (tmp_path / "d" / "demo" / "train" / "good" / "000.png").is_file()
+
+
+def test_train_on_plain_folder_of_good_images(demo_root, tmp_path):
+    folder = tmp_path / "my_parts"
+    shutil.copytree(demo_root / "demo" / "train" / "good", folder)
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(folder), "--output", str(out), *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["threshold"] > 0 and "image_auroc_max" not in m  # no labelled test split to evaluate
+    assert (out / "model" / "detector.json").is_file()
