@@ -30,6 +30,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", default=None, help="disk cache for decoded images (speeds up reruns)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: anomaflow-CATEGORY)")
+    p.add_argument("--model-name", default=None, help="registered model name (default: anomaflow-CATEGORY)")
+    p.add_argument("--no-register", action="store_true", help="log the MLflow run but register no model version")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -48,19 +51,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         num_threads=args.threads,
         cache_dir=args.cache_dir,
+        experiment_name=args.experiment,
+        registered_model_name=args.model_name,
     )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.core import run_core
+    from flows.training import train_pipeline
 
     config = config_from_args(args)
     t0 = time.perf_counter()
-    metrics = run_core(config, args.output)
+    metrics = train_pipeline(config, output_dir=str(args.output), register_model=not args.no_register)
     print(f"done in {time.perf_counter() - t0:.1f}s: " + ", ".join(
         f"{k}={metrics[k]:.4f}" for k in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou") if k in metrics
     ))
-    print(f"wrote {args.output / 'metrics.json'}")
+    print(f"wrote {args.output / 'metrics.json'}; MLflow run {metrics.get('mlflow_run_id')}"
+          + (f", model version {metrics['model_version']}" if "model_version" in metrics else ""))
     return 0
 
 

@@ -63,6 +63,11 @@ class TrainConfig(BaseModel):
     registered_model_name: str | None = Field(None, description="None = anomaflow-<category>")
 
     @property
+    def image_size(self) -> int:
+        """Input size of the selected detector family (what the data is resized to)."""
+        return getattr(self, self.detector).image_size
+
+    @property
     def model_name(self) -> str:
         return self.registered_model_name or f"anomaflow-{self.category}"
 

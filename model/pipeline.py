@@ -73,7 +73,7 @@ class Arrays:
 
 
 def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None] = print) -> Arrays:
-    size = config.autoencoder.image_size
+    size = config.image_size
     cache = data.ImageCache(config.cache_dir)
     fit_s, hold_s = data.split_train(ds.train, config.holdout_fraction, config.seed)
     t0 = time.perf_counter()
@@ -161,6 +161,14 @@ def write_figures(out: Path, arrays: Arrays, test_result: ScoreResult, ev: Evalu
             out / "heatmaps.png",
         )
     return figs
+
+
+def sample_groups(ds: data.Dataset, size: int, per_group: int = 4) -> dict[str, list[np.ndarray]]:
+    """A few images per split/defect type, for the dataset sample grid."""
+    groups: dict[str, list[data.Sample]] = {}
+    for s in [*ds.train, *ds.test]:
+        groups.setdefault(f"{s.split}/{s.defect}", []).append(s)
+    return {name: [data.load_image(s.path, size) for s in items[:per_group]] for name, items in groups.items()}
 
 
 def _heatmap_selection(samples: list[data.Sample], k: int) -> np.ndarray:

@@ -34,3 +34,96 @@ def real_data_or_skip() -> Path:
     if not (SHARED_DATA / "bottle").is_dir():
         pytest.skip(f"real MVTec AD Bottle not found at {SHARED_DATA / 'bottle'} (it lives in ../shared beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real temporary Prefect API (SQLite-backed server) for flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite(tmp_path_factory: pytest.TempPathFactory):
+    """A session-wide local SQLite MLflow store (creating one costs seconds) outside the repo."""
+    home = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(home)  # the default artifact folder lands beside the db, not in the repo
+        yield uri
+
+
+@pytest.fixture(autouse=True)
+def _prefect_console_follows_capture():
+    """Prefect's console handler keeps the sys.stderr it saw first; pytest swaps (and closes)
+    capture streams per test. Point the handlers at the current stream before each test."""
+    import logging
+    import sys
+
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+        for lg in loggers:
+            for h in lg.handlers:
+                if isinstance(h, PrefectConsoleHandler):
+                    h.stream = sys.stderr  # not setStream(): it flushes the closed old stream
+                    h.console.file = sys.stderr
+    yield
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 120.0) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` on 127.0.0.1 (free port, SQLite backend, temporary artifact store)."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=home,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", proc)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,81 @@
+"""train-pipeline: validate -> train -> score -> calibrate -> evaluate -> log -> register."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from model.config import TrainConfig, flatten_params
+from model.pipeline import write_json
+from tasks.calibration import calibrate_threshold
+from tasks.evaluation import evaluate
+from tasks.reporting import publish_summary
+from tasks.scoring import score_images
+from tasks import tracking
+from tasks.training import load_images, train_model
+from tasks.validation import validate_dataset
+
+
+def _run_name() -> str:
+    cfg = flow_run.parameters.get("config")
+    category = cfg.get("category") if isinstance(cfg, dict) else getattr(cfg, "category", None)
+    return f"{category or 'bottle'}-{flow_run.scheduled_start_time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@flow(name="train-pipeline", flow_run_name=_run_name, log_prints=True)
+def train_pipeline(config: TrainConfig = TrainConfig(), output_dir: str | None = None, register_model: bool = True) -> dict[str, Any]:
+    """Train, calibrate and evaluate one detector; log it to MLflow and register it.
+
+    output_dir: also write metrics.json, figures and the model there (the CLI's --output).
+    register_model: False logs the run but registers no model version (e.g. experiments).
+    """
+    with tempfile.TemporaryDirectory(prefix="anomaflow-") as tmp:
+        work = Path(output_dir) if output_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+
+        validated = validate_dataset(config, work)
+        arrays = load_images(validated.dataset, config)
+        trained = train_model(config, arrays)
+        holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal")
+        thresholds = calibrate_threshold(trained.detector, config, holdout)
+        test, rate = score_images(trained.detector, arrays.test, "test")
+        evaluated = evaluate(trained.detector, arrays, test, config.score_method, work) if len(arrays.test) else None
+
+        metrics: dict[str, Any] = dict(evaluated.evaluation.metrics) if evaluated else {}
+        metrics.update(thresholds, train_seconds=trained.train_seconds, inference_images_per_second=rate)
+        model_dir = trained.detector.save(work / "model")
+        write_json(trained.history, work / "history.json")
+        write_json(config.model_dump(mode="json"), work / "config.json")
+        record = tracking.RunRecord(
+            experiment=config.experiment,
+            run_name=validated.dataset.category,
+            params=flatten_params(config),
+            metrics=metrics,
+            history=trained.history,
+            tags={
+                "anomaflow.git_commit": tracking.git_commit(),
+                "anomaflow.data_fingerprint": tracking.data_fingerprint([*validated.dataset.train, *validated.dataset.test], validated.dataset.root),
+                "anomaflow.version": tracking.anomaflow_version(),
+                "anomaflow.detector": config.detector,
+                "anomaflow.category": validated.dataset.category,
+                "prefect.flow_run_id": str(flow_run.id),
+            },
+            figures={**(evaluated.figures if evaluated else {}), "dataset_samples": validated.sample_grid},
+            tables={
+                "iou_per_defect": evaluated.evaluation.iou_table if evaluated else [],
+                "per_image_scores": evaluated.evaluation.per_image if evaluated else [],
+            },
+            checkpoints={k: p for k, p in {"best": model_dir / "weights.pt", "last": model_dir / "last.pt"}.items() if p.exists()},
+            files={"validation": write_json(validated.report.to_dict(), work / "validation.json"), "history": work / "history.json", "config": work / "config.json"},
+        )
+        run_id = tracking.log_run_task(record, finish=not register_model)
+        example = (arrays.fit_samples[0].path if arrays.fit_samples else None)
+        registration = tracking.register_model_task(run_id, trained.detector, config.model_name, example) if register_model else None
+        metrics["mlflow_run_id"] = run_id
+        if registration is not None:
+            metrics["model_version"] = registration.version
+        publish_summary(validated.dataset.category, metrics, evaluated.evaluation.iou_table if evaluated else [], registration, work if output_dir else None)
+        return metrics

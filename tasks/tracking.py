@@ -1,0 +1,318 @@
+"""The one module that talks to MLflow: runs, params, metrics, figures, tables, model logging,
+registry aliases, and the pyfunc wrapper that serves a registered detector.
+
+Switching tracking servers is an environment variable (MLFLOW_TRACKING_URI); without it a
+local SQLite store `mlflow.db` with artifacts in `mlartifacts/` beside it is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from model import data
+from model.detector import Detector, load_detector
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_ARTIFACT = "model"
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+# -- where to track ------------------------------------------------------------------------
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set; else a SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def configure() -> str:
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def _is_local_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+def ensure_experiment(name: str) -> str:
+    """Experiment id for name, created on first use (local SQLite: artifacts beside the db)."""
+    uri = configure()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if _is_local_sqlite(uri):
+        db = Path(uri[len("sqlite:///"):])
+        location = (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Created concurrently by another run: use that one.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def ui_url(run_id: str, experiment_id: str) -> str | None:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return None
+
+
+# -- tags ----------------------------------------------------------------------------------
+def data_fingerprint(samples: Iterable[data.Sample], root: Path) -> str:
+    """sha256 of the sorted relative file list with sizes: changes when the data changes."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        for p in (s.path, s.mask_path):
+            if p is not None and p.exists():
+                h.update(f"{p.relative_to(root) if p.is_relative_to(root) else p}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def anomaflow_version() -> str:
+    try:
+        return metadata.version("anomaflow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- one training run ----------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """Everything a training run logs; built by the flow, written by `log_run`."""
+
+    experiment: str
+    run_name: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    tags: dict[str, str]
+    figures: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def log_run(record: RunRecord, finish: bool = False) -> str:
+    """Create one MLflow run with params, per-epoch and final metrics, figures, tables,
+    checkpoints and tags; returns the run id. A failure marks the run FAILED."""
+    exp_id = ensure_experiment(record.experiment)
+    client = MlflowClient()
+    run = client.create_run(exp_id, run_name=record.run_name, tags=record.tags)
+    run_id = run.info.run_id
+    try:
+        for key, value in record.params.items():
+            client.log_param(run_id, key, "None" if value is None else value)
+        epoch_metrics = []
+        for rec in record.history:
+            ts = int(rec.get("timestamp_ms") or time.time() * 1000)
+            step = int(rec.get("epoch", 0))
+            for key in ("train_loss", "val_loss", "seconds"):
+                if rec.get(key) is not None:
+                    name = {"seconds": "epoch_seconds"}.get(key, key)
+                    epoch_metrics.append(Metric(name, float(rec[key]), ts, step))
+        for i in range(0, len(epoch_metrics), 500):
+            client.log_batch(run_id, metrics=epoch_metrics[i : i + 500])
+        now = int(time.time() * 1000)
+        finals = [Metric(k, float(v), now, 0) for k, v in record.metrics.items() if _finite(v)]
+        for i in range(0, len(finals), 500):
+            client.log_batch(run_id, metrics=finals[i : i + 500])
+        for name, path in record.figures.items():
+            client.log_artifact(run_id, str(path), "figures")
+        for name, path in record.checkpoints.items():
+            client.log_artifact(run_id, str(path), "checkpoints")
+        for name, path in record.files.items():
+            client.log_artifact(run_id, str(path))
+        for name, rows in record.tables.items():
+            if rows:
+                client.log_table(run_id, pd.DataFrame(rows), f"tables/{name}.json")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    if finish:
+        client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(v)))
+    except (TypeError, ValueError):
+        return False
+
+
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def run_experiment_id(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.experiment_id
+
+
+# -- the served model ------------------------------------------------------------------------
+class AnomaflowModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: carries the detector dir (weights, preprocessing size, score method,
+    thresholds). Input: DataFrame with column `image` (encoded image bytes) or `path`.
+    Output: DataFrame with `score`, `decision`, `threshold` (+ `anomaly_map` when
+    params={"return_maps": True})."""
+
+    def load_context(self, context: Any) -> None:
+        self.detector = load_detector(context.artifacts["detector"])
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
+        images = _decode_input(model_input, self.detector.image_size)
+        result = self.detector.score(images)
+        scores = result.scores[self.detector.score_method]
+        out = pd.DataFrame({
+            "score": scores.astype(float),
+            "decision": self.detector.decide(scores),
+            "threshold": float(self.detector.threshold),
+        })
+        if params and params.get("return_maps"):
+            out["anomaly_map"] = [m.tolist() for m in result.maps]
+        return out
+
+
+def _decode_input(model_input: Any, size: int) -> np.ndarray:
+    if isinstance(model_input, pd.DataFrame):
+        if "image" in model_input and model_input["image"].notna().all():
+            return np.stack([data.load_image(f"<row {i}>", size, data=_as_bytes(b)) for i, b in enumerate(model_input["image"])])
+        if "path" in model_input:
+            return np.stack([data.load_image(Path(p), size) for p in model_input["path"]])
+        raise ValueError("input needs an 'image' column (encoded image bytes) or a 'path' column")
+    if isinstance(model_input, (list, tuple)):
+        return np.stack([data.load_image(Path(p), size) for p in model_input])
+    raise ValueError(f"unsupported input type {type(model_input).__name__}")
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):  # base64 from a JSON request
+        import base64
+
+        return base64.b64decode(value)
+    raise ValueError(f"image column holds {type(value).__name__}, expected bytes")
+
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)]),
+    outputs=Schema([ColSpec("double", "score"), ColSpec("string", "decision"), ColSpec("double", "threshold")]),
+    params=ParamSchema([ParamSpec("return_maps", "boolean", False)]),
+)
+
+
+def log_model(run_id: str, detector: Detector, example_image: Path | None = None) -> str:
+    """Log the detector as a pyfunc model under the run; returns its model URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        det_dir = detector.save(Path(tmp) / "detector")
+        example = None
+        if example_image is not None:
+            example = pd.DataFrame({"image": [example_image.read_bytes()]})
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # MLflow nags about predict() type hints; our signature is explicit instead.
+            warnings.filterwarnings("ignore", message=".*type hint.*")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(Path(__file__).with_name("served_model.py")),
+                artifacts={"detector": str(det_dir)},
+                signature=SIGNATURE,
+                input_example=example,
+                pip_requirements=[f"anomaflow=={anomaflow_version()}"],
+            )
+    return info.model_uri
+
+
+def register(model_uri: str, name: str, run_id: str) -> tuple[str, list[str]]:
+    """Register a version; alias `challenger` always, `champion` when the name has none yet."""
+    client = MlflowClient()
+    mv = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
+    aliases = [CHALLENGER]
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    if resolve_alias(name, CHAMPION) is None:
+        client.set_registered_model_alias(name, CHAMPION, mv.version)
+        aliases.append(CHAMPION)
+    return str(mv.version), aliases
+
+
+def resolve_alias(name: str, alias: str) -> str | None:
+    """Version behind an alias, or None when the alias (or the model) does not exist."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_registered_detector(name: str, version: str) -> Detector:
+    """Download one exact model version and load its detector (no pyfunc overhead)."""
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}")
+    return load_detector(Path(local) / "artifacts" / "detector")
+
+
+# -- Prefect tasks over the adapter (retried: the tracking server may blip) ------------------
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+TRACKING_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.2)
+
+
+@dataclass
+class Registration:
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    model_name: str
+    version: str
+    aliases: list[str]
+    ui_url: str | None
+
+
+@task(name="log_run", cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def log_run_task(record: RunRecord, finish: bool = False) -> str:
+    """Log the run; finish=False leaves it RUNNING until the model is registered."""
+    run_id = log_run(record, finish)
+    get_run_logger().info("MLflow run %s in experiment %s (%s)", run_id, record.experiment, mlflow.get_tracking_uri())
+    return run_id
+
+
+@task(name="register_model", cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def register_model_task(run_id: str, detector: Detector, name: str, example_image: Path | None) -> Registration:
+    """Log the pyfunc model into the run and register it; the run is FINISHED only after this."""
+    model_uri = log_model(run_id, detector, example_image)
+    version, aliases = register(model_uri, name, run_id)
+    finish_run(run_id)
+    exp_id = run_experiment_id(run_id)
+    get_run_logger().info("registered %s version %s with aliases %s", name, version, aliases)
+    return Registration(run_id, exp_id, model_uri, name, version, aliases, ui_url(run_id, exp_id))

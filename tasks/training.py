@@ -1,0 +1,40 @@
+"""Load images once and train the detector on good images only."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from model import data, pipeline
+from model.config import TrainConfig
+from model.detector import Detector
+
+
+@dataclass
+class TrainedModel:
+    detector: Detector
+    history: list[dict[str, Any]]
+    train_seconds: float
+
+
+@task(name="load_images", cache_policy=NO_CACHE)
+def load_images(dataset: data.Dataset, config: TrainConfig) -> pipeline.Arrays:
+    log = get_run_logger()
+    return pipeline.load_arrays(dataset, config, log=log.info)
+
+
+@task(name="train_model", cache_policy=NO_CACHE)
+def train_model(config: TrainConfig, arrays: pipeline.Arrays) -> TrainedModel:
+    log = get_run_logger()
+    threads = pipeline.configure_threads(config.num_threads)
+    log.info("training %s on %d good images (%d held out), %d torch threads", config.detector, len(arrays.fit), len(arrays.holdout), threads)
+
+    def progress(rec: dict[str, Any]) -> None:
+        val = f" val_loss={rec['val_loss']:.5f}" if rec.get("val_loss") is not None else ""
+        log.info("epoch %d/%d loss=%.5f%s (%.1fs)", rec["epoch"], rec["epochs"], rec["train_loss"], val, rec["seconds"])
+
+    det, history, seconds = pipeline.fit_detector(config, arrays, progress=progress)
+    log.info("trained in %.1fs", seconds)
+    return TrainedModel(det, history, seconds)

@@ -1,0 +1,40 @@
+"""Data validation gate: the flow stops here, with every problem named, before any compute."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from model import data, pipeline, plots
+from model.config import TrainConfig
+
+
+class DatasetInvalid(data.DataError):
+    """The dataset failed validation; the message lists each file and its fault."""
+
+
+@dataclass
+class ValidatedData:
+    dataset: data.Dataset
+    report: data.ValidationReport
+    sample_grid: Path | None
+
+
+@task(name="validate_dataset", cache_policy=NO_CACHE)
+def validate_dataset(config: TrainConfig, workdir: Path) -> ValidatedData:
+    log = get_run_logger()
+    root, category = pipeline.resolve_data_root(config)
+    ds = pipeline.load_dataset(root, category)
+    report = data.validate_dataset(ds)
+    log.info("%s", report.summary())
+    if not report.ok:
+        try:
+            report.raise_for_problems()
+        except data.DataError as exc:
+            raise DatasetInvalid(None, str(exc)) from None
+    grid = plots.save_figure(
+        plots.plot_sample_grid(pipeline.sample_groups(ds, config.image_size)), workdir / "dataset_samples.png"
+    )
+    return ValidatedData(ds, report, grid)

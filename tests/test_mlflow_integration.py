@@ -1,0 +1,78 @@
+"""The training flow against a real MLflow tracking server over HTTP, then the registry."""
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.training import train_pipeline
+from tests.test_training_flow import tiny_config
+
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
+NAME = "anomaflow-it"
+
+
+def load_table(run_id: str, path: str) -> pd.DataFrame:
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    with open(local) as fh:
+        doc = json.load(fh)
+    return pd.DataFrame(doc["data"], columns=doc["columns"])
+
+
+@pytest.fixture(scope="module")
+def two_runs(mlflow_server, demo_root):
+    first = train_pipeline(tiny_config(demo_root, registered_model_name=NAME))
+    second = train_pipeline(tiny_config(demo_root, registered_model_name=NAME, seed=1))
+    return first, second
+
+
+def test_run_logged_with_params_metrics_artifacts_tags(two_runs, mlflow_server):
+    first, _ = two_runs
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "anomaflow-demo"
+    p = run.data.params
+    assert p["category"] == "demo" and p["autoencoder.epochs"] == "2" and p["seed"] == "0" and p["threshold_method"] == "percentile"
+    m = run.data.metrics
+    for key in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou",
+                "pixel_iou_blob", "pixel_iou_crack", "pixel_iou_scratch", "f1", "threshold", "train_seconds"):
+        assert key in m, key
+    assert m["image_auroc_max"] == pytest.approx(first["image_auroc_max"])
+    assert [x.step for x in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
+    files = {f.path for d in ("figures", "tables", "checkpoints") for f in client.list_artifacts(run.info.run_id, d)}
+    for f in ("figures/roc.png", "figures/score_histogram.png", "figures/heatmaps.png", "figures/dataset_samples.png",
+              "tables/iou_per_defect.json", "tables/per_image_scores.json", "checkpoints/weights.pt", "checkpoints/last.pt"):
+        assert f in files, f
+    iou = load_table(run.info.run_id, "tables/iou_per_defect.json")
+    assert set(iou["defect"]) == {"blob", "crack", "scratch", "overall"}
+    t = run.data.tags
+    assert len(t["anomaflow.data_fingerprint"]) == 64 and t["anomaflow.version"] == "0.1.0" and t["anomaflow.git_commit"]
+
+
+def test_registry_aliases(two_runs, mlflow_server):
+    first, second = two_runs
+    client = MlflowClient(mlflow_server)
+    assert (first["model_version"], second["model_version"]) == ("1", "2")
+    assert client.get_model_version_by_alias(NAME, "champion").version == "1"  # the first stays champion
+    assert client.get_model_version_by_alias(NAME, "challenger").version == "2"
+    assert client.get_model_version(NAME, "1").run_id == first["mlflow_run_id"]
+
+
+def test_model_by_alias_reproduces_flow_scores(two_runs, mlflow_server, demo_root):
+    first, _ = two_runs
+    run_id = first["mlflow_run_id"]
+    per_image = load_table(run_id, "tables/per_image_scores.json")
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    paths = list(per_image["path"])
+    out = model.predict(pd.DataFrame({"image": [open(p, "rb").read() for p in paths]}))
+    method = MlflowClient().get_run(run_id).data.params["score_method"]
+    np.testing.assert_allclose(out["score"].to_numpy(), per_image[f"score_{method}"].to_numpy(), rtol=1e-5, atol=1e-7)
+    assert list(out["decision"]) == list(per_image["decision"])
+    assert (out["threshold"] == first["threshold"]).all()
+    with_maps = model.predict(pd.DataFrame({"path": paths[:2]}), params={"return_maps": True})
+    assert np.asarray(with_maps["anomaly_map"].iloc[0]).shape == (64, 64)
