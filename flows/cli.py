@@ -70,6 +70,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from flows.inspection import batch_inspection
+
+    result = batch_inspection(
+        input_dir=str(args.input), output_dir=str(args.output), model_name=args.model,
+        alias=args.alias, threshold=args.threshold, batch_size=args.batch_size,
+    )
+    print(f"{args.model} v{result['model_version']}: NORMAL {result['NORMAL']}, DEFECT {result['DEFECT']}, "
+          f"ERROR {result['ERROR']} (skipped {result['skipped']} already inspected); results in {args.output / 'results.csv'}")
+    return 0
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from model.demo import make_demo_dataset
 
@@ -82,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    p = sub.add_parser("inspect", help="inspect a folder of images with a registered model; writes OUTPUT/results.csv")
+    p.add_argument("--input", required=True, type=Path, help="folder of images (png, jpg, bmp, tif), searched recursively")
+    p.add_argument("--output", required=True, type=Path, help="folder for results.csv and defect heat maps")
+    p.add_argument("--model", default="anomaflow-bottle", help="registered model name")
+    p.add_argument("--alias", default="champion", help="registry alias to resolve (once per run)")
+    p.add_argument("--threshold", type=float, default=None, help="override the model's threshold for this run")
+    p.add_argument("--batch-size", type=int, default=16)
     p = sub.add_parser("demo-data", help="write the generated demo dataset (MVTec layout) to PATH")
     p.add_argument("path", type=Path)
     p.add_argument("--category", default="demo")
@@ -92,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "demo-data": cmd_demo_data}
+    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data}
     from model.data import DataError
 
     try:
         return handlers[args.command](args)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (DataError, FileExistsError, FileNotFoundError, ValueError, LookupError, TimeoutError) as exc:
         print(f"anomaflow: error: {exc}", file=sys.stderr)
         return 2
 

@@ -26,11 +26,14 @@ def _run_name() -> str:
 
 
 @flow(name="train-pipeline", flow_run_name=_run_name, log_prints=True)
-def train_pipeline(config: TrainConfig = TrainConfig(), output_dir: str | None = None, register_model: bool = True) -> dict[str, Any]:
+def train_pipeline(
+    config: TrainConfig = TrainConfig(), output_dir: str | None = None, register_model: bool = True, first_champion: bool = True
+) -> dict[str, Any]:
     """Train, calibrate and evaluate one detector; log it to MLflow and register it.
 
     output_dir: also write metrics.json, figures and the model there (the CLI's --output).
     register_model: False logs the run but registers no model version (e.g. experiments).
+    first_champion: False leaves `champion` to a promotion gate even when none exists yet.
     """
     with tempfile.TemporaryDirectory(prefix="anomaflow-") as tmp:
         work = Path(output_dir) if output_dir else Path(tmp)
@@ -73,7 +76,7 @@ def train_pipeline(config: TrainConfig = TrainConfig(), output_dir: str | None =
         )
         run_id = tracking.log_run_task(record, finish=not register_model)
         example = (arrays.fit_samples[0].path if arrays.fit_samples else None)
-        registration = tracking.register_model_task(run_id, trained.detector, config.model_name, example) if register_model else None
+        registration = tracking.register_model_task(run_id, trained.detector, config.model_name, example, first_champion) if register_model else None
         metrics["mlflow_run_id"] = run_id
         if registration is not None:
             metrics["model_version"] = registration.version

@@ -130,6 +130,17 @@ def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, scor
     )
 
 
+def evaluate_detector(det: Detector, ds: data.Dataset, cache_dir: str | None = None) -> Evaluation:
+    """Score a (loaded) detector on a dataset's test split with its own size and thresholds."""
+    if not ds.test:
+        raise ValueError(f"dataset {ds.category} has no test split to evaluate on")
+    cache = data.ImageCache(cache_dir)
+    images = data.load_images(ds.test, det.image_size, cache)
+    masks = data.load_masks(ds.test, det.image_size, cache)
+    arrays = Arrays(images[:0], images[:0], images, masks, [], [], list(ds.test))
+    return evaluate_split(det, arrays, det.score(images), det.score_method)
+
+
 def write_json(obj: Any, path: Path) -> Path:
     """Atomic JSON write: a crash never leaves half a metrics file."""
     path.parent.mkdir(parents=True, exist_ok=True)

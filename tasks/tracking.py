@@ -254,16 +254,33 @@ def log_model(run_id: str, detector: Detector, example_image: Path | None = None
     return info.model_uri
 
 
-def register(model_uri: str, name: str, run_id: str) -> tuple[str, list[str]]:
-    """Register a version; alias `challenger` always, `champion` when the name has none yet."""
+def register(model_uri: str, name: str, run_id: str, first_champion: bool = True) -> tuple[str, list[str]]:
+    """Register a version; alias `challenger` always, `champion` when the name has none yet
+    (unless first_champion=False: then only a promotion gate sets champion)."""
     client = MlflowClient()
     mv = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
     aliases = [CHALLENGER]
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
-    if resolve_alias(name, CHAMPION) is None:
+    if first_champion and resolve_alias(name, CHAMPION) is None:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
         aliases.append(CHAMPION)
     return str(mv.version), aliases
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def tag_run(run_id: str, tags: dict[str, Any]) -> None:
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
+def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
 
 
 def resolve_alias(name: str, alias: str) -> str | None:
@@ -308,10 +325,10 @@ def log_run_task(record: RunRecord, finish: bool = False) -> str:
 
 
 @task(name="register_model", cache_policy=NO_CACHE, **TRACKING_RETRIES)
-def register_model_task(run_id: str, detector: Detector, name: str, example_image: Path | None) -> Registration:
+def register_model_task(run_id: str, detector: Detector, name: str, example_image: Path | None, first_champion: bool = True) -> Registration:
     """Log the pyfunc model into the run and register it; the run is FINISHED only after this."""
     model_uri = log_model(run_id, detector, example_image)
-    version, aliases = register(model_uri, name, run_id)
+    version, aliases = register(model_uri, name, run_id, first_champion)
     finish_run(run_id)
     exp_id = run_experiment_id(run_id)
     get_run_logger().info("registered %s version %s with aliases %s", name, version, aliases)

@@ -1,0 +1,295 @@
+"""Batch inspection bookkeeping: the inbox, the results ledger and the defect figures.
+
+Guarantees (the factory's, not the model's): every image gets exactly one row per model
+version, keyed by content hash, so reruns skip finished work and a run killed at any point
+resumes without loss or duplicates. Rows are appended whole with one write on an O_APPEND
+descriptor and fsynced per batch; a torn last line left by a crash is cut off before the
+next append. One run at a time holds the output folder's lock, so two runs on the same
+inbox never inspect the same image twice.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from model.data import IMAGE_EXTENSIONS
+
+RESULTS_FILE = "results.csv"
+LOCK_FILE = ".inspection.lock"
+FIELDS = ("path", "sha256", "score", "decision", "threshold", "model_name", "model_version", "inspected_at", "error")
+ERROR = "ERROR"
+
+
+def list_inbox(input_dir: str | Path) -> list[Path]:
+    """Image files under input_dir (recursive, sorted); links that leave the folder are skipped."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: input folder does not exist")
+    real_root = root.resolve()
+    found = []
+    for p in sorted(root.rglob("*")):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        try:
+            if not p.resolve().is_relative_to(real_root) or not p.is_file():
+                continue
+        except OSError:
+            continue
+        found.append(p)
+    return found
+
+
+def sha256_file(path: Path) -> tuple[str, bytes]:
+    """Content hash and the bytes (read once: hashed and decoded from the same buffer)."""
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+@dataclass
+class Row:
+    path: str
+    sha256: str
+    score: float | None
+    decision: str
+    threshold: float
+    model_name: str
+    model_version: str
+    inspected_at: str
+    error: str = ""
+
+    def line(self) -> bytes:
+        buf = io.StringIO()
+        score = "" if self.score is None else f"{self.score:.8g}"
+        csv.writer(buf, lineterminator="\n").writerow(
+            [self.path, self.sha256, score, self.decision, f"{self.threshold:.8g}", self.model_name,
+             self.model_version, self.inspected_at, self.error.replace("\n", " ")]
+        )
+        return buf.getvalue().encode("utf-8")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Ledger:
+    """results.csv in output_dir, owned by one run at a time (flock on a lock file)."""
+
+    def __init__(self, output_dir: str | Path, wait_seconds: float = 3600.0) -> None:
+        self.dir = Path(output_dir)
+        self.path = self.dir / RESULTS_FILE
+        self.wait_seconds = wait_seconds
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> "Ledger":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    os.close(self._lock_fd)
+                    raise TimeoutError(f"{self.dir}: another inspection run holds the lock") from exc
+                time.sleep(0.2)
+        self._repair()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if os.fstat(self._fd).st_size == 0:
+            self._write(b",".join(f.encode() for f in FIELDS) + b"\n")
+            os.fsync(self._fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _repair(self) -> None:
+        """Cut a torn last line (a crash mid-write) so the next row starts on a fresh line."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+
+    def _write(self, payload: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(payload)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def done_keys(self) -> set[tuple[str, str, str]]:
+        """(sha256, model_name, model_version) of every complete row."""
+        return {(r["sha256"], r["model_name"], r["model_version"]) for r in read_results(self.path)}
+
+    def append(self, rows: list[Row]) -> None:
+        if rows:
+            self._write(b"".join(r.line() for r in rows))
+            os.fsync(self._fd)  # type: ignore[arg-type]
+
+
+def read_results(path: str | Path) -> list[dict[str, str]]:
+    """Complete rows of a results.csv (a torn last line is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def defect_figure_paths(output_dir: Path, sha256: str) -> tuple[Path, Path]:
+    """Heat map and overlay paths: named by content hash, so they never leave output_dir."""
+    d = output_dir / "defects"
+    return d / f"{sha256[:16]}_heatmap.png", d / f"{sha256[:16]}_overlay.png"
+
+
+def heatmap_rgb(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
+    """Map -> uint8 RGB with a fixed scale (0..vmax), so colours mean the same in every image."""
+    from matplotlib import colormaps
+
+    norm = np.clip(anomaly_map / max(vmax, 1e-12), 0.0, 1.0)
+    return (colormaps["jet"](norm)[..., :3] * 255).astype(np.uint8)
+
+
+def overlay_rgb(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.45) -> np.ndarray:
+    heat = heatmap_rgb(anomaly_map, vmax).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + heat * alpha).round().astype(np.uint8)
+
+
+def save_png_atomic(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+@dataclass
+class InspectionSummary:
+    total: int = 0
+    inspected: int = 0
+    skipped: int = 0  # already in results.csv for this model version
+    duplicates: int = 0  # same content as another file in this run
+    normal: int = 0
+    defect: int = 0
+    error: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.inspected / self.seconds if self.seconds > 0 else float("nan")
+
+    def counts(self) -> dict[str, int]:
+        return {"NORMAL": self.normal, "DEFECT": self.defect, "ERROR": self.error}
+
+
+def inspect_files(
+    detector,  # model.detector.Detector
+    files: list[Path],
+    input_dir: Path,
+    ledger: Ledger,
+    *,
+    model_name: str,
+    model_version: str,
+    threshold: float,
+    batch_size: int = 16,
+    write_figures: bool = True,
+    progress=None,  # callable(done, total)
+) -> InspectionSummary:
+    """Inspect every file not yet in the ledger for this model version; one row each."""
+    from model.calibration import DEFECT, decide
+    from model.data import load_image
+
+    t0 = time.perf_counter()
+    summary = InspectionSummary(total=len(files))
+    done = ledger.done_keys()
+    seen: set[str] = set()
+    size = detector.image_size
+    vmax = 2 * detector.pixel_threshold if detector.pixel_threshold else None
+
+    def row(rel: str, sha: str, score: float | None, decision: str, error: str = "") -> Row:
+        return Row(rel, sha, score, decision, threshold, model_name, model_version, now_iso(), error)
+
+    for chunk in batches(files, batch_size):
+        rows: list[Row] = []
+        images, keep = [], []
+        for path in chunk:
+            rel = path.relative_to(input_dir).as_posix()
+            try:
+                sha, raw = sha256_file(path)
+            except OSError as exc:
+                # No content to hash: key the row by path so a rerun does not repeat it.
+                sha = "unreadable-" + hashlib.sha256(rel.encode()).hexdigest()[:32]
+                if (sha, model_name, model_version) not in done and sha not in seen:
+                    seen.add(sha)
+                    rows.append(row(rel, sha, None, ERROR, f"cannot read file ({exc.strerror or exc})"))
+                else:
+                    summary.skipped += 1
+                continue
+            if (sha, model_name, model_version) in done:
+                summary.skipped += 1
+                continue
+            if sha in seen:
+                summary.duplicates += 1
+                continue
+            seen.add(sha)
+            try:
+                images.append(load_image(path, size, data=raw))
+                keep.append((rel, sha))
+            except Exception as exc:  # every bad file becomes an ERROR row; the batch goes on
+                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+                rows.append(row(rel, sha, None, ERROR, reason))
+        if images:
+            batch = np.stack(images)
+            result = detector.score(batch)
+            scores = result.scores[detector.score_method]
+            decisions = decide(scores, threshold)
+            for i, ((rel, sha), s, d) in enumerate(zip(keep, scores, decisions)):
+                if d == DEFECT and write_figures:
+                    heat_path, over_path = defect_figure_paths(ledger.dir, sha)
+                    m = result.maps[i]
+                    scale = vmax or float(m.max())
+                    save_png_atomic(heatmap_rgb(m, scale), heat_path)
+                    save_png_atomic(overlay_rgb(batch[i], m, scale), over_path)
+                rows.append(row(rel, sha, float(s), str(d)))
+        ledger.append(rows)
+        for r in rows:
+            summary.inspected += 1
+            if r.decision == ERROR:
+                summary.error += 1
+            elif r.decision == DEFECT:
+                summary.defect += 1
+            else:
+                summary.normal += 1
+        if progress:
+            progress(summary.inspected + summary.skipped + summary.duplicates, summary.total)
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,72 @@
+"""Tasks of the retraining gate: evaluate the champion, decide, apply and record."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from model import pipeline
+from model.config import TrainConfig
+from model.promotion import PromotionDecision, decide_promotion
+from tasks import tracking
+from tasks.reporting import artifact_key
+
+
+@task(name="evaluate_champion", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
+def evaluate_champion(config: TrainConfig) -> tuple[str | None, dict[str, float] | None]:
+    """(version, metrics) of the current champion on the challenger's evaluation split."""
+    tracking.configure()
+    version = tracking.resolve_alias(config.model_name, tracking.CHAMPION)
+    if version is None:
+        get_run_logger().info("%s has no champion yet", config.model_name)
+        return None, None
+    det = tracking.load_registered_detector(config.model_name, version)
+    root, category = pipeline.resolve_data_root(config)
+    ds = pipeline.load_dataset(root, category)
+    metrics = pipeline.evaluate_detector(det, ds, config.cache_dir).metrics
+    get_run_logger().info("champion v%s on %s: %s", version, category, {k: round(v, 4) for k, v in metrics.items() if k.startswith(("image_auroc", "pixel_"))})
+    return version, metrics
+
+
+@task(name="decide_promotion", cache_policy=NO_CACHE)
+def decide(challenger: dict[str, Any], champion: dict[str, float] | None, primary_metric: str, min_bars: dict[str, float], tolerance: float) -> PromotionDecision:
+    decision = decide_promotion(challenger, champion, primary_metric, min_bars, tolerance)
+    get_run_logger().info("promotion: %s (%s)", decision.promote, decision.reason)
+    return decision
+
+
+@task(name="apply_promotion", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
+def apply_promotion(model_name: str, challenger_version: str, champion_version: str | None, run_id: str, decision: PromotionDecision | None, error: str | None = None) -> None:
+    """Move `champion` when promoted; always record the decision on the run and the version."""
+    if decision is not None and decision.promote and error is None:
+        tracking.set_alias(model_name, tracking.CHAMPION, challenger_version)
+    tags = {
+        "anomaflow.promotion.decision": "promoted" if decision and decision.promote and error is None else ("error" if error else "rejected"),
+        "anomaflow.promotion.reason": error or (decision.reason if decision else ""),
+        "anomaflow.promotion.primary_metric": decision.primary_metric if decision else "",
+        "anomaflow.promotion.challenger_score": decision.challenger_score if decision else "",
+        "anomaflow.promotion.champion_score": decision.champion_score if decision else "",
+        "anomaflow.promotion.champion_version": champion_version or "none",
+    }
+    tracking.tag_run(run_id, tags)
+    tracking.tag_version(model_name, challenger_version, tags)
+
+
+@task(name="publish_promotion", cache_policy=NO_CACHE)
+def publish_promotion(model_name: str, challenger_version: str, champion_version: str | None, decision: PromotionDecision | None, error: str | None) -> None:
+    verdict = "error: champion kept" if error else ("PROMOTED" if decision and decision.promote else "rejected: champion kept")
+    lines = [f"# Retraining {model_name}: {verdict}", "", f"- challenger: version {challenger_version}",
+             f"- champion before: {('version ' + champion_version) if champion_version else 'none'}"]
+    if decision is not None:
+        lines += [f"- {decision.primary_metric}: challenger {decision.challenger_score}, champion {decision.champion_score}",
+                  f"- reason: {decision.reason}"]
+    if error:
+        lines.append(f"- error: {error}")
+    create_markdown_artifact("\n".join(lines), key=artifact_key("retraining", model_name), description="promotion gate decision")
+
+
+def decision_dict(decision: PromotionDecision | None) -> dict[str, Any]:
+    return asdict(decision) if decision else {}

@@ -1,0 +1,145 @@
+"""Operation end to end: batch inspection against a model registered in a real MLflow server,
+kill -9 and rerun, two concurrent runs, the CLI, and the retraining promotion gate."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from flows.inspection import batch_inspection
+from flows.retraining import scheduled_retraining
+from flows.training import train_pipeline
+from model import inspection
+from model.config import AutoencoderConfig, TrainConfig
+
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
+NAME = "anomaflow-ops"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ops_config(root, **kw) -> TrainConfig:
+    ae = AutoencoderConfig(image_size=128, base_channels=8, latent_channels=8, epochs=2, batch_size=8)
+    return TrainConfig(data_root=str(root), category="demo", autoencoder=ae, num_threads=2, registered_model_name=NAME, **kw)
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, demo_root):
+    return train_pipeline(ops_config(demo_root))
+
+
+def make_inbox(demo_root, path, n):
+    """n distinct images (one pixel stamped with the index) from the demo test images."""
+    path.mkdir(parents=True)
+    sources = [np.array(Image.open(p).convert("RGB")) for p in sorted((demo_root / "demo" / "test").rglob("*.png"))]
+    for i in range(n):
+        img = sources[i % len(sources)].copy()
+        img[0, 0] = (i % 256, i // 256, 7)
+        Image.fromarray(img).save(path / f"part_{i:04d}.png", compress_level=1)
+    return path
+
+
+def test_batch_inspection_end_to_end(registered, demo_root, tmp_path):
+    inbox = make_inbox(demo_root, tmp_path / "inbox", 12)
+    (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    result = batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name=NAME)
+    rows = inspection.read_results(out / "results.csv")
+    assert len(rows) == 13 and result["model_version"] == registered["model_version"]
+    assert {r["model_version"] for r in rows} == {registered["model_version"]}
+    assert result["ERROR"] == 1 and result["NORMAL"] + result["DEFECT"] == 12
+    threshold = float(registered["threshold"])
+    for r in rows:
+        if r["decision"] != "ERROR":
+            assert float(r["threshold"]) == pytest.approx(threshold, rel=1e-6)
+            assert (float(r["score"]) > threshold) == (r["decision"] == "DEFECT")
+    defects = [r for r in rows if r["decision"] == "DEFECT"]
+    for r in defects:
+        assert all(p.is_file() for p in inspection.defect_figure_paths(out, r["sha256"]))
+    again = batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name=NAME)
+    assert again["inspected"] == 0 and again["skipped"] == 13
+    # A threshold override is applied and recorded (a fresh output folder).
+    over = batch_inspection(input_dir=str(inbox), output_dir=str(tmp_path / "out2"), model_name=NAME, threshold=1e9)
+    assert over["DEFECT"] == 0
+    assert {r["threshold"] for r in inspection.read_results(tmp_path / "out2" / "results.csv") if r["decision"] != "ERROR"} == {"1e+09"}
+
+
+def test_unknown_alias_fails_clearly_and_writes_nothing(registered, tmp_path):
+    from prefect.exceptions import PrefectException  # noqa: F401
+
+    with pytest.raises(LookupError, match="no alias 'nope'"):
+        batch_inspection(input_dir=str(tmp_path), output_dir=str(tmp_path / "out"), model_name=NAME, alias="nope")
+    assert not (tmp_path / "out").exists()
+
+
+def _cli(inbox, out, extra_env=None):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "inspect", "--input", str(inbox), "--output", str(out),
+                             "--model", NAME, "--batch-size", "2"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_9_mid_run_then_rerun_gives_one_row_per_image(registered, demo_root, tmp_path):
+    n = 400
+    inbox = make_inbox(demo_root, tmp_path / "inbox", n)
+    out = tmp_path / "out"
+    proc = _cli(inbox, out)
+    csv_path = out / "results.csv"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if csv_path.exists() and csv_path.read_bytes().count(b"\n") >= 11:  # header + 10 rows
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = inspection.read_results(csv_path)
+    assert 10 <= len(before) < n, f"kill landed after {len(before)} rows: the run was not interrupted mid-way"
+    rerun = _cli(inbox, out)
+    log, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, log
+    rows = inspection.read_results(csv_path)
+    assert len(rows) == n, f"{len(rows)} rows for {n} images"
+    assert sorted(r["path"] for r in rows) == sorted(p.name for p in inbox.iterdir())
+    assert csv_path.read_bytes().count(b"\n") == n + 1  # no torn or blank lines
+
+
+def test_two_concurrent_runs_do_not_inspect_the_same_image(registered, demo_root, tmp_path):
+    n = 60
+    inbox = make_inbox(demo_root, tmp_path / "inbox", n)
+    out = tmp_path / "out"
+    a, b = _cli(inbox, out), _cli(inbox, out)
+    logs = [p.communicate(timeout=300)[0] for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, logs
+    rows = inspection.read_results(out / "results.csv")
+    assert len(rows) == n and len({r["sha256"] for r in rows}) == n
+    assert any("skipped 60 already inspected" in log for log in logs)  # the second waited, then had nothing to do
+
+
+def test_promotion_gate_both_ways(registered, demo_root, mlflow_server):
+    client = MlflowClient(mlflow_server)
+    champion = client.get_model_version_by_alias(NAME, "champion").version
+    # A challenger that must beat the champion by more than it can (tolerance -1): rejected.
+    worse = scheduled_retraining(ops_config(demo_root, seed=3), tolerance=-1.0, min_bars={})
+    assert not worse["promoted"]
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion
+    assert client.get_model_version_by_alias(NAME, "challenger").version == worse["challenger_version"]
+    tags = client.get_model_version(NAME, worse["challenger_version"]).tags
+    assert tags["anomaflow.promotion.decision"] == "rejected" and tags["anomaflow.promotion.champion_version"] == champion
+    # One that passes (tolerance +1 accepts any score): promoted, scores recorded on its run.
+    better = scheduled_retraining(ops_config(demo_root, seed=4), tolerance=1.0, min_bars={"image_auroc_max": 0.0})
+    assert better["promoted"]
+    assert client.get_model_version_by_alias(NAME, "champion").version == better["challenger_version"]
+    run_id = client.get_model_version(NAME, better["challenger_version"]).run_id
+    run_tags = client.get_run(run_id).data.tags
+    assert run_tags["anomaflow.promotion.decision"] == "promoted"
+    assert float(run_tags["anomaflow.promotion.champion_score"]) >= 0.0 and float(run_tags["anomaflow.promotion.challenger_score"]) >= 0.0
+    # A bar the challenger cannot meet: rejected even though it is "better".
+    barred = scheduled_retraining(ops_config(demo_root, seed=5), tolerance=1.0, min_bars={"pixel_auroc": 1.01})
+    assert not barred["promoted"] and "minimum bars" in barred["decision"]["reason"]

@@ -1,0 +1,24 @@
+from model.promotion import decide_promotion
+
+
+def test_better_or_equal_challenger_is_promoted():
+    d = decide_promotion({"image_auroc_max": 0.95}, {"image_auroc_max": 0.90})
+    assert d.promote and "0.9500 >= champion 0.9000" in d.reason
+    assert decide_promotion({"image_auroc_max": 0.90}, {"image_auroc_max": 0.90}).promote
+
+
+def test_worse_challenger_is_rejected():
+    d = decide_promotion({"image_auroc_max": 0.89}, {"image_auroc_max": 0.90})
+    assert not d.promote and d.challenger_score == 0.89 and d.champion_score == 0.90
+    assert decide_promotion({"image_auroc_max": 0.89}, {"image_auroc_max": 0.90}, tolerance=0.02).promote
+
+
+def test_minimum_bars_and_fail_closed():
+    d = decide_promotion({"image_auroc_max": 0.99, "pixel_auroc": 0.5}, None, min_bars={"pixel_auroc": 0.8})
+    assert not d.promote and d.failed_bars == ["pixel_auroc=0.5 < 0.8"]
+    assert not decide_promotion({"image_auroc_max": 0.99}, None, min_bars={"pixel_aupro": 0.1}).promote  # missing metric
+    assert not decide_promotion({}, {"image_auroc_max": 0.5}).promote
+    assert not decide_promotion({"image_auroc_max": float("nan")}, None).promote
+    assert not decide_promotion({"image_auroc_max": 0.9}, {"other": 1.0}).promote  # champion not comparable
+    assert decide_promotion({"image_auroc_max": 0.9}, None).promote  # first model, no bars
+    assert decide_promotion({"pixel_aupro": 0.7}, {"pixel_aupro": 0.6}, primary_metric="pixel_aupro").promote
