@@ -113,8 +113,9 @@ class Detector(ABC):
 
 def _families() -> dict[str, type[Detector]]:
     from model.autoencoder import AutoencoderDetector
+    from model.patchcore import PatchCoreDetector
 
-    return {AutoencoderDetector.family: AutoencoderDetector}
+    return {AutoencoderDetector.family: AutoencoderDetector, PatchCoreDetector.family: PatchCoreDetector}
 
 
 def load_detector(directory: str | Path) -> Detector:
