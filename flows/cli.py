@@ -16,14 +16,19 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", dest="data_root", default=None, help="MVTec AD root (holds CATEGORY/) or a folder of good images; default: built-in demo data")
     p.add_argument("--category", default=None, help=f"category folder (default: {d.category}; 'demo' for the demo data)")
     p.add_argument("--output", required=True, type=Path, help="output folder for metrics.json, figures and the model")
-    p.add_argument("--image-size", type=int, default=a.image_size)
+    p.add_argument("--detector", choices=["autoencoder", "patchcore"], default=d.detector,
+                   help="model family: the convolutional autoencoder, or PatchCore on offline EfficientNet-Lite0 features")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the family's, 128 autoencoder / 256 patchcore)")
     p.add_argument("--epochs", type=int, default=a.epochs)
     p.add_argument("--batch-size", type=int, default=a.batch_size)
     p.add_argument("--lr", type=float, default=a.learning_rate)
     p.add_argument("--loss", choices=["mse", "l1", "ssim_l1"], default=a.loss)
     p.add_argument("--map-kind", choices=["l2", "l1", "ssim", "l2_ssim"], default=a.map_kind)
     p.add_argument("--augment", action="store_true", help="random flips/rotations (top-view parts)")
-    p.add_argument("--score-method", choices=["mean", "max", "smoothed_max"], default=d.score_method)
+    p.add_argument("--score-method", choices=["mean", "max", "smoothed_max"], default=None,
+                   help="image score for decisions (default: smoothed_max autoencoder / max patchcore)")
+    p.add_argument("--pixel-threshold-percentile", type=float, default=None,
+                   help="percentile of held-out normal map values for the pixel threshold (default: 99.5 autoencoder / 99.99 patchcore)")
     p.add_argument("--threshold-method", choices=["percentile", "fpr"], default=d.threshold_method)
     p.add_argument("--threshold-percentile", type=float, default=d.threshold_percentile)
     p.add_argument("--target-fpr", type=float, default=d.target_fpr)
@@ -36,15 +41,26 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from model.config import PatchCoreConfig
+
     category = args.category or ("demo" if args.data_root is None else TrainConfig().category)
+    family: dict = {}
+    if args.detector == "patchcore":
+        from model.patchcore import RECOMMENDED_TRAIN_SETTINGS
+
+        family = dict(RECOMMENDED_TRAIN_SETTINGS)
+    size = {"image_size": args.image_size} if args.image_size else {}
+    overrides = {k: v for k, v in (("score_method", args.score_method), ("pixel_threshold_percentile", args.pixel_threshold_percentile)) if v is not None}
     return TrainConfig(
         data_root=args.data_root,
         category=category,
+        detector=args.detector,
         autoencoder=AutoencoderConfig(
-            image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+            epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.lr, loss=args.loss, map_kind=args.map_kind, augment=args.augment,
+            **(size if args.detector == "autoencoder" else {}),
         ),
-        score_method=args.score_method,
+        patchcore=PatchCoreConfig(**(size if args.detector == "patchcore" else {})),
         threshold_method=args.threshold_method,
         threshold_percentile=args.threshold_percentile,
         target_fpr=args.target_fpr,
@@ -53,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cache_dir=args.cache_dir,
         experiment_name=args.experiment,
         registered_model_name=args.model_name,
+        **{**family, **overrides},
     )
 
 

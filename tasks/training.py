@@ -32,6 +32,9 @@ def train_model(config: TrainConfig, arrays: pipeline.Arrays) -> TrainedModel:
     log.info("training %s on %d good images (%d held out), %d torch threads", config.detector, len(arrays.fit), len(arrays.holdout), threads)
 
     def progress(rec: dict[str, Any]) -> None:
+        if "train_loss" not in rec:  # a family without epochs (PatchCore): log its stage record
+            log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in rec.items()})
+            return
         val = f" val_loss={rec['val_loss']:.5f}" if rec.get("val_loss") is not None else ""
         log.info("epoch %d/%d loss=%.5f%s (%.1fs)", rec["epoch"], rec["epochs"], rec["train_loss"], val, rec["seconds"])
 

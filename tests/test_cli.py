@@ -77,3 +77,25 @@ def test_train_on_plain_folder_of_good_images(demo_root, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["threshold"] > 0 and "image_auroc_max" not in m  # no labelled test split to evaluate
     assert (out / "model" / "detector.json").is_file()
+
+
+def test_patchcore_detector_flag_uses_family_defaults():
+    from flows.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "patchcore"]))
+    assert cfg.detector == "patchcore" and cfg.image_size == 256
+    assert cfg.score_method == "max" and cfg.pixel_threshold_percentile == 99.99
+    cfg = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "patchcore", "--image-size", "128", "--score-method", "mean"]))
+    assert cfg.image_size == 128 and cfg.score_method == "mean"
+    ae = config_from_args(build_parser().parse_args(["train", "--output", "o"]))
+    assert ae.detector == "autoencoder" and ae.image_size == 128 and ae.score_method == "smoothed_max"
+
+
+def test_train_patchcore_end_to_end(demo_root, tmp_path):
+    out = tmp_path / "pc"
+    rc = main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
+               "--image-size", "64", "--threads", "2", "--no-register"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= m["image_auroc_max"] <= 1.0 and "pixel_aupro" in m
+    assert json.loads((out / "model" / "detector.json").read_text())["family"] == "patchcore"
