@@ -88,6 +88,10 @@ def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None
 def build_detector(config: TrainConfig) -> Detector:
     if config.detector == "autoencoder":
         return AutoencoderDetector(config.autoencoder, score_method=config.score_method, seed=config.seed)
+    if config.detector == "patchcore":
+        from model.patchcore import PatchCoreDetector
+
+        return PatchCoreDetector(config.patchcore, score_method=config.score_method, seed=config.seed)
     raise ValueError(f"unknown detector {config.detector!r}")
 
 
