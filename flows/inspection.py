@@ -1,4 +1,11 @@
-"""batch-inspection: resolve the model alias once, inspect the inbox, publish a summary."""
+"""batch-inspection: resolve the model alias once, inspect the inbox, publish a summary.
+
+The inbox is inspected in this process by default. With a Dask scheduler address (parameter
+or ANOMAFLOW_DASK_ADDRESS) or dask_workers > 0 (a temporary LocalCluster), the subflow
+`inspect-shards` runs on a DaskTaskRunner: shards are scored on the Dask workers, and the
+subflow stays the single writer of results.csv. (A flow's task runner is fixed when it starts,
+hence the subflow.)
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +13,19 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.inspection import inspect_images, publish_inspection, resolve_model
+from model.inspection import InspectionSummary
+from tasks.inspection import (
+    ModelRef, dask_task_runner, inspect_images, publish_inspection, resolve_dask_address, resolve_model, run_shards,
+    start_cluster,
+)
+
+
+@flow(name="inspect-shards")
+def inspect_shards(model: ModelRef, input_dir: str, output_dir: str, threshold: float, batch_size: int = 16,
+                   shard_size: int = 64, threads_per_shard: int = 1) -> InspectionSummary:
+    """Pending images in shards on this flow's task runner; rows appended as shards finish."""
+    start_cluster()
+    return run_shards(model, Path(input_dir), Path(output_dir), threshold, batch_size, shard_size, threads_per_shard)
 
 
 @flow(name="batch-inspection", log_prints=True)
@@ -17,11 +36,27 @@ def batch_inspection(
     alias: str = "champion",
     threshold: float | None = None,
     batch_size: int = 16,
+    dask_address: str | None = None,
+    dask_workers: int = 0,
+    shard_size: int = 64,
 ) -> dict[str, Any]:
     """Inspect every image under input_dir into output_dir/results.csv (one row per image and
-    model version; reruns skip finished images). threshold overrides the model's own."""
+    model version; reruns skip finished images). threshold overrides the model's own.
+
+    dask_address: a Dask scheduler (e.g. tcp://dask-scheduler:8786; default
+    $ANOMAFLOW_DASK_ADDRESS) to score shards of shard_size images on; dask_workers > 0 without an
+    address starts a temporary LocalCluster of that many single-threaded workers. Workers must
+    see input_dir and output_dir at the same paths, and reach the MLflow server.
+    """
     model = resolve_model(model_name, alias)
-    summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size)
+    address = resolve_dask_address(dask_address)
+    if address or dask_workers > 0:
+        # Absolute paths: shard workers may run in another working directory.
+        sharded = inspect_shards.with_options(task_runner=dask_task_runner(address, dask_workers))
+        summary = sharded(model.ref(), str(Path(input_dir).resolve()), str(Path(output_dir).resolve()),
+                          model.threshold(threshold), batch_size, shard_size)
+    else:
+        summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size)
     publish_inspection(model, summary, Path(output_dir), threshold)
     return {"model_version": model.version, **summary.counts(), "inspected": summary.inspected,
             "skipped": summary.skipped, "images_per_second": summary.images_per_second}

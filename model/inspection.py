@@ -6,6 +6,11 @@ resumes without loss or duplicates. Rows are appended whole with one write on an
 descriptor and fsynced per batch; a torn last line left by a crash is cut off before the
 next append. One run at a time holds the output folder's lock, so two runs on the same
 inbox never inspect the same image twice.
+
+Sharded runs (scoring spread over Dask workers) keep these guarantees by keeping one writer:
+the run holding the lock plans the pending files once (`plan_pending`), workers score shards
+into a `RowBuffer` with the same `inspect_files`, and the writer appends each shard's rows
+through `append_new`, which drops any key already written.
 """
 from __future__ import annotations
 
@@ -54,6 +59,28 @@ def sha256_file(path: Path) -> tuple[str, bytes]:
     """Content hash and the bytes (read once: hashed and decoded from the same buffer)."""
     data = path.read_bytes()
     return hashlib.sha256(data).hexdigest(), data
+
+
+@dataclass
+class Item:
+    """One inbox file read for inspection: its key and bytes, or why it could not be read."""
+
+    path: Path
+    rel: str
+    sha256: str
+    raw: bytes | None
+    read_error: str = ""
+
+
+def read_item(path: Path, input_dir: Path) -> Item:
+    rel = path.relative_to(input_dir).as_posix()
+    try:
+        sha, raw = sha256_file(path)
+        return Item(path, rel, sha, raw)
+    except OSError as exc:
+        # No content to hash: key the row by path so a rerun does not repeat it.
+        sha = "unreadable-" + hashlib.sha256(rel.encode()).hexdigest()[:32]
+        return Item(path, rel, sha, None, f"cannot read file ({exc.strerror or exc})")
 
 
 @dataclass
@@ -148,6 +175,37 @@ class Ledger:
             os.fsync(self._fd)  # type: ignore[arg-type]
 
 
+class RowBuffer:
+    """A ledger stand-in for a shard worker: keeps rows in memory for the single writer and
+    writes heat maps under output_dir (content-hash names: idempotent when a shard reruns)."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.dir = Path(output_dir)
+        self.rows: list[Row] = []
+
+    def done_keys(self) -> set[tuple[str, str, str]]:
+        return set()  # the writer filtered done keys before sharding
+
+    def append(self, rows: list[Row]) -> None:
+        self.rows.extend(rows)
+
+
+def row_key(row: Row) -> tuple[str, str, str]:
+    return row.sha256, row.model_name, row.model_version
+
+
+def append_new(ledger: Ledger, rows: list[Row], written: set[tuple[str, str, str]]) -> list[Row]:
+    """Append the rows whose key is not in `written` (and add them to it); returns those rows.
+    The writer's last guard: one row per image per model version whatever shards return."""
+    new = []
+    for r in rows:
+        if row_key(r) not in written:
+            written.add(row_key(r))
+            new.append(r)
+    ledger.append(new)
+    return new
+
+
 def read_results(path: str | Path) -> list[dict[str, str]]:
     """Complete rows of a results.csv (a torn last line is ignored)."""
     path = Path(path)
@@ -210,12 +268,100 @@ class InspectionSummary:
     def counts(self) -> dict[str, int]:
         return {"NORMAL": self.normal, "DEFECT": self.defect, "ERROR": self.error}
 
+    def add(self, rows: list[Row]) -> None:
+        from model.calibration import DEFECT
+
+        for r in rows:
+            self.inspected += 1
+            if r.decision == ERROR:
+                self.error += 1
+            elif r.decision == DEFECT:
+                self.defect += 1
+            else:
+                self.normal += 1
+
+
+def triage(files: list[Path], input_dir: Path, done: set[str], seen: set[str], summary: InspectionSummary) -> Iterator[Item]:
+    """Read and hash files; yield those not done for this model version (`done`: their sha256)
+    and not seen earlier in this run, counting the others as skipped or duplicates."""
+    for path in files:
+        item = read_item(path, input_dir)
+        if item.sha256 in done:
+            summary.skipped += 1
+        elif item.sha256 in seen:
+            summary.duplicates += 1
+        else:
+            seen.add(item.sha256)
+            yield item
+
+
+def done_for(ledger: Ledger | RowBuffer, model_name: str, model_version: str) -> set[str]:
+    """sha256 of the images that already have a row for this model version."""
+    return {sha for sha, name, version in ledger.done_keys() if (name, version) == (model_name, model_version)}
+
+
+@dataclass
+class Plan:
+    """What a sharded run still has to inspect: one file per distinct pending content."""
+
+    pending: list[Path]
+    done: set[str]  # sha256 already in results.csv for this model version
+    summary: InspectionSummary  # total, skipped and duplicates filled in
+
+    def shards(self, size: int) -> list[list[Path]]:
+        return list(batches(self.pending, max(1, size)))
+
+
+def plan_pending(files: list[Path], input_dir: Path, ledger: Ledger, *, model_name: str, model_version: str) -> Plan:
+    """Hash every file once and keep the ones still to inspect (same rules as inspect_files)."""
+    summary = InspectionSummary(total=len(files))
+    done = done_for(ledger, model_name, model_version)
+    return Plan([item.path for item in triage(files, input_dir, done, set(), summary)], done, summary)
+
+
+def score_items(
+    detector, items: list[Item], figures_dir: Path, *, threshold: float, model_name: str, model_version: str, write_figures: bool = True
+) -> list[Row]:
+    """Decode, score and decide one batch of read items (bad files become ERROR rows); heat
+    maps of DEFECTs go to figures_dir. The one scoring step of both the local and sharded runs."""
+    from model.calibration import DEFECT, decide
+    from model.data import load_image
+
+    def make_row(item: Item, score: float | None, decision: str, error: str = "") -> Row:
+        return Row(item.rel, item.sha256, score, decision, threshold, model_name, model_version, now_iso(), error)
+
+    vmax = 2 * detector.pixel_threshold if detector.pixel_threshold else None
+    rows: list[Row] = []
+    images, keep = [], []
+    for item in items:
+        if item.raw is None:
+            rows.append(make_row(item, None, ERROR, item.read_error))
+            continue
+        try:
+            images.append(load_image(item.path, detector.image_size, data=item.raw))
+            keep.append(item)
+        except Exception as exc:  # every bad file becomes an ERROR row; the batch goes on
+            rows.append(make_row(item, None, ERROR, getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
+    if images:
+        batch = np.stack(images)
+        result = detector.score(batch)
+        scores = result.scores[detector.score_method]
+        for i, (item, s, d) in enumerate(zip(keep, scores, decide(scores, threshold))):
+            if d == DEFECT and write_figures:
+                heat_path, over_path = defect_figure_paths(figures_dir, item.sha256)
+                m = result.maps[i]
+                scale = vmax or float(m.max())
+                save_png_atomic(heatmap_rgb(m, scale), heat_path)
+                save_png_atomic(overlay_rgb(batch[i], m, scale), over_path)
+            rows.append(make_row(item, float(s), str(d)))
+    return rows
+
 
 def inspect_files(
     detector,  # model.detector.Detector
     files: list[Path],
     input_dir: Path,
-    ledger: Ledger,
+    ledger: Ledger | RowBuffer,
     *,
     model_name: str,
     model_version: str,
@@ -225,70 +371,16 @@ def inspect_files(
     progress=None,  # callable(done, total)
 ) -> InspectionSummary:
     """Inspect every file not yet in the ledger for this model version; one row each."""
-    from model.calibration import DEFECT, decide
-    from model.data import load_image
-
     t0 = time.perf_counter()
     summary = InspectionSummary(total=len(files))
-    done = ledger.done_keys()
+    done = done_for(ledger, model_name, model_version)
     seen: set[str] = set()
-    size = detector.image_size
-    vmax = 2 * detector.pixel_threshold if detector.pixel_threshold else None
-
-    def row(rel: str, sha: str, score: float | None, decision: str, error: str = "") -> Row:
-        return Row(rel, sha, score, decision, threshold, model_name, model_version, now_iso(), error)
-
     for chunk in batches(files, batch_size):
-        rows: list[Row] = []
-        images, keep = [], []
-        for path in chunk:
-            rel = path.relative_to(input_dir).as_posix()
-            try:
-                sha, raw = sha256_file(path)
-            except OSError as exc:
-                # No content to hash: key the row by path so a rerun does not repeat it.
-                sha = "unreadable-" + hashlib.sha256(rel.encode()).hexdigest()[:32]
-                if (sha, model_name, model_version) not in done and sha not in seen:
-                    seen.add(sha)
-                    rows.append(row(rel, sha, None, ERROR, f"cannot read file ({exc.strerror or exc})"))
-                else:
-                    summary.skipped += 1
-                continue
-            if (sha, model_name, model_version) in done:
-                summary.skipped += 1
-                continue
-            if sha in seen:
-                summary.duplicates += 1
-                continue
-            seen.add(sha)
-            try:
-                images.append(load_image(path, size, data=raw))
-                keep.append((rel, sha))
-            except Exception as exc:  # every bad file becomes an ERROR row; the batch goes on
-                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-                rows.append(row(rel, sha, None, ERROR, reason))
-        if images:
-            batch = np.stack(images)
-            result = detector.score(batch)
-            scores = result.scores[detector.score_method]
-            decisions = decide(scores, threshold)
-            for i, ((rel, sha), s, d) in enumerate(zip(keep, scores, decisions)):
-                if d == DEFECT and write_figures:
-                    heat_path, over_path = defect_figure_paths(ledger.dir, sha)
-                    m = result.maps[i]
-                    scale = vmax or float(m.max())
-                    save_png_atomic(heatmap_rgb(m, scale), heat_path)
-                    save_png_atomic(overlay_rgb(batch[i], m, scale), over_path)
-                rows.append(row(rel, sha, float(s), str(d)))
+        items = list(triage(chunk, input_dir, done, seen, summary))
+        rows = score_items(detector, items, ledger.dir, threshold=threshold, model_name=model_name,
+                           model_version=model_version, write_figures=write_figures)
         ledger.append(rows)
-        for r in rows:
-            summary.inspected += 1
-            if r.decision == ERROR:
-                summary.error += 1
-            elif r.decision == DEFECT:
-                summary.defect += 1
-            else:
-                summary.normal += 1
+        summary.add(rows)
         if progress:
             progress(summary.inspected + summary.skipped + summary.duplicates, summary.total)
     summary.seconds = time.perf_counter() - t0

@@ -1,17 +1,39 @@
-"""Batch inspection tasks: resolve the model once, inspect the inbox, publish the summary."""
+"""Batch inspection tasks: resolve the model once, inspect the inbox (in this process, or in
+shards on a Dask cluster), publish the summary."""
 from __future__ import annotations
 
+import functools
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
 
 from model import inspection
 from model.detector import Detector
 from tasks import tracking
 from tasks.reporting import artifact_key
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
+
+
+DASK_ADDRESS_ENV = "ANOMAFLOW_DASK_ADDRESS"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a shard worker needs to load the run's model itself: no weights travel with tasks."""
+
+    name: str
+    version: str
+    tracking_uri: str
 
 
 @dataclass
@@ -20,25 +42,32 @@ class ResolvedModel:
     alias: str
     version: str
     detector: Detector
+    tracking_uri: str = ""
+
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, self.version, self.tracking_uri)
+
+    def threshold(self, override: float | None) -> float:
+        return float(override) if override is not None else float(self.detector.threshold)
 
 
 @task(name="resolve_model", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
 def resolve_model(model_name: str, alias: str) -> ResolvedModel:
     """Alias -> one exact version, resolved once per run so the whole run uses one model."""
-    tracking.configure()
+    uri = tracking.configure()
     version = tracking.resolve_alias(model_name, alias)
     if version is None:
         raise LookupError(f"registered model {model_name!r} has no alias {alias!r} at {tracking.tracking_uri()}")
     detector = tracking.load_registered_detector(model_name, version)
     get_run_logger().info("using %s version %s (alias %s), threshold %.6g", model_name, version, alias, detector.threshold)
-    return ResolvedModel(model_name, alias, version, detector)
+    return ResolvedModel(model_name, alias, version, detector, uri)
 
 
 @task(name="inspect_images", cache_policy=NO_CACHE)
 def inspect_images(model: ResolvedModel, input_dir: Path, output_dir: Path, threshold: float | None, batch_size: int) -> inspection.InspectionSummary:
     log = get_run_logger()
     files = inspection.list_inbox(input_dir)
-    thr = float(threshold) if threshold is not None else float(model.detector.threshold)
+    thr = model.threshold(threshold)
     log.info("%d images in %s; threshold %.6g%s", len(files), input_dir, thr, " (override)" if threshold is not None else "")
     step = max(1, len(files) // 10)
 
@@ -51,6 +80,94 @@ def inspect_images(model: ResolvedModel, input_dir: Path, output_dir: Path, thre
             model.detector, files, input_dir, ledger, model_name=model.name, model_version=model.version,
             threshold=thr, batch_size=batch_size, progress=progress,
         )
+
+
+# -- sharded inspection (Dask) ----------------------------------------------------------------
+def dask_task_runner(address: str | None, n_workers: int) -> "DaskTaskRunner":
+    """A DaskTaskRunner on an existing scheduler (address), else on a temporary LocalCluster of
+    n_workers single-threaded processes (torch gets one core per worker, no oversubscription)
+    that import this module while the cluster starts: torch, MLflow and Prefect take seconds
+    to import, which the first shard on each worker would otherwise pay."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None, "preload": [__name__]})
+
+
+def resolve_dask_address(explicit: str | None) -> str | None:
+    """The scheduler to use: the flow parameter, else $ANOMAFLOW_DASK_ADDRESS (empty: none)."""
+    return explicit or os.environ.get(DASK_ADDRESS_ENV) or None
+
+
+def start_cluster() -> None:
+    """Start the LocalCluster, or connect to the scheduler, now rather than on the first
+    submit: a wrong address fails before the inbox is read, and start-up is not inspection time."""
+    runner = FlowRunContext.get().task_runner
+    if hasattr(runner, "client"):  # a DaskTaskRunner creates its client lazily
+        t0 = time.perf_counter()
+        workers = runner.client.nthreads()
+        get_run_logger().info("Dask scheduler %s ready in %.1fs: %d workers, %d threads", runner.client.scheduler.address,
+                              time.perf_counter() - t0, len(workers), sum(workers.values()))
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_detector(model: ModelRef) -> Detector:
+    """Each worker process downloads and loads the exact model version once."""
+    import mlflow
+
+    mlflow.set_tracking_uri(model.tracking_uri)
+    mlflow.set_registry_uri(model.tracking_uri)
+    return tracking.load_registered_detector(model.name, model.version)
+
+
+@task(name="inspect_shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def inspect_shard(model: ModelRef, files: list[str], input_dir: str, output_dir: str, threshold: float,
+                  batch_size: int, threads: int = 1) -> list[inspection.Row]:
+    """Score one shard where the task runner puts it; heat maps are written here, rows go back to
+    the flow, the single writer of results.csv. Rerunning a shard is harmless."""
+    import torch
+
+    torch.set_num_threads(threads)
+    buffer = inspection.RowBuffer(output_dir)
+    inspection.inspect_files(_worker_detector(model), [Path(f) for f in files], Path(input_dir), buffer,
+                             model_name=model.name, model_version=model.version, threshold=threshold, batch_size=batch_size)
+    return buffer.rows
+
+
+def run_shards(model: ModelRef, input_dir: Path, output_dir: Path, threshold: float, batch_size: int,
+               shard_size: int, threads: int) -> inspection.InspectionSummary:
+    """Hold the output folder's lock, plan once, submit one task per shard to the flow's task
+    runner and append each shard's rows as it finishes. Failed shards fail the run after the
+    others' rows are saved: a rerun inspects only what is missing."""
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    files = inspection.list_inbox(input_dir)
+    with inspection.Ledger(output_dir) as ledger:
+        plan = inspection.plan_pending(files, input_dir, ledger, model_name=model.name, model_version=model.version)
+        summary = plan.summary
+        shards = plan.shards(shard_size)
+        log.info("%d images in %s: %d to inspect in %d shards, %d already done, %d duplicate content",
+                 len(files), input_dir, len(plan.pending), len(shards), summary.skipped, summary.duplicates)
+        written = {(sha, model.name, model.version) for sha in plan.done}
+        futures = [inspect_shard.submit(model, [str(f) for f in shard], str(input_dir), str(output_dir), threshold, batch_size, threads)
+                   for shard in shards]
+        failures: list[BaseException] = []
+        for future in as_completed(futures):
+            try:
+                rows = future.result()
+            except Exception as exc:  # keep collecting: finished shards' rows are saved
+                failures.append(exc)
+                continue
+            new = inspection.append_new(ledger, rows, written)
+            summary.add(new)
+            summary.duplicates += len(rows) - len(new)  # content changed to an already-written one since planning
+            log.info("inspected %d/%d", summary.inspected, len(plan.pending))
+    summary.seconds = time.perf_counter() - t0
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(futures)} shards failed; the other shards' rows are in results.csv") from failures[0]
+    return summary
 
 
 @task(name="publish_inspection", cache_policy=NO_CACHE)
