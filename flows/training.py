@@ -76,7 +76,11 @@ def train_pipeline(
         )
         run_id = tracking.log_run_task(record, finish=not register_model)
         example = (arrays.fit_samples[0].path if arrays.fit_samples else None)
-        registration = tracking.register_model_task(run_id, trained.detector, config.model_name, example, first_champion) if register_model else None
+        try:
+            registration = tracking.register_model_task(run_id, trained.detector, config.model_name, example, first_champion) if register_model else None
+        except BaseException:
+            tracking.mark_failed_quietly(run_id)  # not left RUNNING forever when the server is back
+            raise
         metrics["mlflow_run_id"] = run_id
         if registration is not None:
             metrics["model_version"] = registration.version

@@ -28,6 +28,16 @@ nothing is silently invented or thrown away:
 * The EXIF orientation is applied (``ImageOps.exif_transpose``), so sizes are
   the displayed sizes; masks are compared against those.
 
+Only PNG, JPEG, BMP and TIFF content is decoded, whatever the file is called: PIL
+would otherwise pick any of its ~40 plugins by content (EPS hands the file to
+Ghostscript, an external interpreter), so a hostile file with an image extension
+meets only the four decoders we use. Anything else is "not a readable image".
+
+Symbolic links are followed: a dataset is curated by the people who train on it
+(DVC and shared stores build datasets from links), so a link leaving the dataset
+folder is read like any file. A link whose target is missing, or a link loop, is
+listed and reported by validation (it is never silently skipped).
+
 Masks must be ``L`` or ``1``; values > 127 are foreground, which binarises the
 soft (anti-aliased) edges some mask editors write.
 
@@ -49,12 +59,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "MAX_PIXELS",
     "DataError",
+    "display_path",
     "Dataset",
     "ImageCache",
     "Sample",
@@ -72,6 +84,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF")
+"""PIL decoders allowed to open a file (by content); JPEG includes multi-picture MPO files."""
 MAX_PIXELS: int = 50_000_000
 """Decompression-bomb guard: width*height above this is rejected from the header, before decoding."""
 
@@ -90,6 +104,22 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _CACHE_VERSION = 1
 
 
+def display_path(path: str | Path) -> str:
+    """The path as printable text: bytes that are not UTF-8 are shown as \\xNN escapes, so an odd
+    file name cannot break a log line, a JSON report or an MLflow request that mentions it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _name_problem(path: Path) -> DataError | None:
+    """A file name that is not valid UTF-8 passes the file system but breaks text downstream
+    (plots, MLflow tables, JSON): refuse it at the gate instead of after training."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return DataError(path, "file name is not valid UTF-8 (rename the file)")
+    return None
+
+
 class DataError(ValueError):
     """One bad file or layout problem, carrying the file so callers can report or collect it."""
 
@@ -99,7 +129,7 @@ class DataError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}" if self.path is not None else self.reason
+        return f"{display_path(self.path)}: {self.reason}" if self.path is not None else self.reason
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Custom __init__ signature: keep the error picklable across worker processes.
@@ -149,9 +179,14 @@ def _is_image_name(name: str) -> bool:
     return not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _is_listed(p: Path) -> bool:
+    """A file, or any symbolic link: a broken link must reach validation, not vanish from the list."""
+    return p.is_symlink() or p.is_file()
+
+
 def _image_files(folder: Path) -> list[Path]:
     """Visible image files directly in `folder`, sorted by name for a deterministic order."""
-    return sorted(p for p in folder.iterdir() if _is_image_name(p.name) and p.is_file())
+    return sorted(p for p in folder.iterdir() if _is_image_name(p.name) and _is_listed(p))
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -191,7 +226,7 @@ def scan_folder(path: str | Path) -> Dataset:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]  # prune hidden folders (.git, .cache)
         files.extend(Path(dirpath) / f for f in filenames if _is_image_name(f))
-    files = sorted(f for f in files if f.is_file())
+    files = sorted(f for f in files if _is_listed(f))
     if not files:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DataError(folder, f"no images found (looked for {exts}, hidden files ignored)")
@@ -210,11 +245,15 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise DataError(path, "file not found") from None
+        raise DataError(path, _not_found_reason(path)) from None
     except IsADirectoryError:
         raise DataError(path, "is a folder, expected an image file") from None
     except OSError as exc:
         raise DataError(path, f"cannot read file ({exc.strerror or exc})") from None
+
+
+def _not_found_reason(path: Path) -> str:
+    return "broken symbolic link (its target does not exist)" if path.is_symlink() else "file not found"
 
 
 def _describe(exc: BaseException) -> str:
@@ -240,7 +279,7 @@ def _open_header(path: Path, data: bytes | None = None, max_pixels: int | None =
                 raise DataError(path, "empty file")
             fh = open(path, "rb")  # noqa: SIM115 - closed in finally
         except FileNotFoundError:
-            raise DataError(path, "file not found") from None
+            raise DataError(path, _not_found_reason(path)) from None
         except IsADirectoryError:
             raise DataError(path, "is a folder, expected an image file") from None
         except OSError as exc:
@@ -251,9 +290,11 @@ def _open_header(path: Path, data: bytes | None = None, max_pixels: int | None =
             with warnings.catch_warnings():
                 # We enforce our own (lower) limit below; PIL's warning would only be noise.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(fh)
+                img = Image.open(fh, formats=IMAGE_FORMATS)
         except Image.DecompressionBombError as exc:
             raise DataError(path, f"image too large: {exc}") from None
+        except UnidentifiedImageError:
+            raise DataError(path, "not a readable image (not PNG, JPEG, BMP or TIFF data)") from None
         except Exception as exc:  # PIL plugins raise many exception types on garbage input
             raise DataError(path, f"not a readable image ({_describe(exc)})") from None
         w, h = img.size
@@ -645,7 +686,7 @@ class ValidationReport:
             "image_modes": dict(self.image_modes),
             "n_masks": self.n_masks,
             "problems": [
-                {"path": None if p.path is None else str(p.path), "reason": p.reason} for p in self.problems
+                {"path": None if p.path is None else display_path(p.path), "reason": p.reason} for p in self.problems
             ],
         }
 
@@ -728,6 +769,9 @@ def validate_dataset(ds: Dataset, decode: bool = True, progress: ProgressFn | No
     samples = [*ds.train, *ds.test]
     for i, s in enumerate(samples):
         image_size: tuple[int, int] | None = None
+        for named in (s.path, s.mask_path):
+            if named is not None and (name_error := _name_problem(named)) is not None:
+                problems.append(name_error)
         try:
             image_size = _inspect_image(s.path, decode, modes, sizes)
         except DataError as exc:

@@ -3,6 +3,13 @@ registry aliases, and the pyfunc wrapper that serves a registered detector.
 
 Switching tracking servers is an environment variable (MLFLOW_TRACKING_URI); without it a
 local SQLite store `mlflow.db` with artifacts in `mlartifacts/` beside it is used.
+
+Failure policy: MLflow's HTTP client retries are bounded here (`HTTP_DEFAULTS`, only where
+the environment does not set them) and the Prefect tasks below retry with backoff on top, so
+a server that is down fails a run in about a minute, not after hours of nested retries. A
+server that cannot be reached raises `TrackingUnavailable` naming the server and the step.
+Registration is idempotent per run (a retry reuses the version it already created), so a
+retried task never leaves a second, alias-less version behind.
 """
 from __future__ import annotations
 
@@ -13,16 +20,18 @@ import subprocess
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
 from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
@@ -36,17 +45,65 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 
 
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) retry one request for
+# ~4 minutes, and Prefect retries the task 3 more times: with these, a refused connection fails
+# one call in ~6 s (waits 0, 2, 4 s) and a task in ~40 s; a hung server in at most ~2 min a call.
+HTTP_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# Error codes with which the registry answers "no such model / alias" (anything else is a fault).
+_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer (refused, timed out, or 5xx after MLflow's retries)."""
+
+
 # -- where to track ------------------------------------------------------------------------
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set; else a SQLite store in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
 
 
+def bound_http_retries() -> None:
+    """Set MLflow's HTTP retry/timeout variables to `HTTP_DEFAULTS` unless already set (MLflow
+    reads them on every request, so this takes effect at once)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def configure() -> str:
+    bound_http_retries()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """True for transport failures; False when the server answered with an API error."""
+    if isinstance(exc, requests.exceptions.RequestException):
+        return True
+    if isinstance(exc, RestException):
+        return False
+    return isinstance(exc, MlflowException) and str(exc.message).startswith("API request to")
+
+
+@contextmanager
+def unreachable_as_error(step: str) -> Iterator[None]:
+    """Turn a transport failure during `step` into TrackingUnavailable naming the server."""
+    try:
+        yield
+    except (MlflowException, requests.exceptions.RequestException) as exc:
+        if not _is_unreachable(exc):
+            raise
+        retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+        raise TrackingUnavailable(
+            f"MLflow tracking server {mlflow.get_tracking_uri()} did not answer while {step} "
+            f"(after {retries} HTTP retries): {exc}"
+        ) from exc
 
 
 def _is_local_sqlite(uri: str) -> bool:
@@ -88,7 +145,9 @@ def data_fingerprint(samples: Iterable[data.Sample], root: Path) -> str:
     for s in sorted(samples, key=lambda s: str(s.path)):
         for p in (s.path, s.mask_path):
             if p is not None and p.exists():
-                h.update(f"{p.relative_to(root) if p.is_relative_to(root) else p}:{p.stat().st_size}\n".encode())
+                # fsencode: a file name that is not valid UTF-8 must not crash a finished training run.
+                name = os.fsencode(p.relative_to(root) if p.is_relative_to(root) else p)
+                h.update(name + f":{p.stat().st_size}\n".encode())
     return h.hexdigest()
 
 
@@ -158,7 +217,7 @@ def log_run(record: RunRecord, finish: bool = False) -> str:
             if rows:
                 client.log_table(run_id, pd.DataFrame(rows), f"tables/{name}.json")
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        mark_failed_quietly(run_id)  # quietly: a dead server must not mask the original error
         raise
     if finish:
         client.set_terminated(run_id, status="FINISHED")
@@ -174,6 +233,17 @@ def _finite(v: Any) -> bool:
 
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(run_id, status=status)
+
+
+def mark_failed_quietly(run_id: str) -> bool:
+    """Best-effort FAILED status for a run whose logging or registration failed (the server may
+    be down: then the run stays RUNNING and the flow's own error says why). True when marked."""
+    try:
+        finish_run(run_id, "FAILED")
+        return True
+    except Exception as exc:  # noqa: BLE001 - never mask the error that brought us here
+        warnings.warn(f"could not mark MLflow run {run_id} FAILED: {exc}", RuntimeWarning, stacklevel=2)
+        return False
 
 
 def run_experiment_id(run_id: str) -> str:
@@ -251,20 +321,38 @@ def log_model(run_id: str, detector: Detector, example_image: Path | None = None
                 input_example=example,
                 pip_requirements=[f"anomaflow=={anomaflow_version()}"],
             )
+            # Leaving start_run() would mark the run FINISHED before its model is registered; it stays
+            # RUNNING until register_model_task finishes it (or the flow marks it FAILED).
+            mlflow.end_run(status="RUNNING")
     return info.model_uri
 
 
 def register(model_uri: str, name: str, run_id: str, first_champion: bool = True) -> tuple[str, list[str]]:
     """Register a version; alias `challenger` always, `champion` when the name has none yet
     (unless first_champion=False: then only a promotion gate sets champion)."""
-    client = MlflowClient()
     mv = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
+    return str(mv.version), set_registration_aliases(name, str(mv.version), first_champion)
+
+
+def set_registration_aliases(name: str, version: str, first_champion: bool = True) -> list[str]:
+    """Aliases of a newly registered version; safe to repeat (a retried registration)."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, version)
     aliases = [CHALLENGER]
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
-    if first_champion and resolve_alias(name, CHAMPION) is None:
-        client.set_registered_model_alias(name, CHAMPION, mv.version)
+    champion = resolve_alias(name, CHAMPION)  # raises when the server fails: never steal champion on a blip
+    if first_champion and champion is None:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        champion = version
+    if champion == version:
         aliases.append(CHAMPION)
-    return str(mv.version), aliases
+    return aliases
+
+
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The READY version of `name` registered from `run_id` by an earlier attempt, if any."""
+    versions = MlflowClient().search_model_versions(f"run_id='{run_id}'")
+    ready = [mv for mv in versions if mv.name == name and str(mv.status) == "READY"]
+    return str(min(int(mv.version) for mv in ready)) if ready else None
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
@@ -286,14 +374,21 @@ def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
 def resolve_alias(name: str, alias: str) -> str | None:
     """Version behind an alias, or None when the alias (or the model) does not exist."""
     try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+        with unreachable_as_error(f"resolving alias {alias!r} of model {name!r}"):
+            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND_CODES:
+            return None
+        raise  # a failing server is not "no alias" (an unreachable one raised TrackingUnavailable)
 
 
 def load_registered_detector(name: str, version: str) -> Detector:
-    """Download one exact model version and load its detector (no pyfunc overhead)."""
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}")
+    """Download one exact model version and load its detector (no pyfunc overhead).
+
+    Reads only data from the registry (detector.json and tensors via torch weights_only), never
+    runs the model's stored Python code, unlike mlflow.pyfunc.load_model."""
+    with unreachable_as_error(f"downloading model {name!r} version {version}"):
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}")
     return load_detector(Path(local) / "artifacts" / "detector")
 
 
@@ -319,17 +414,30 @@ class Registration:
 @task(name="log_run", cache_policy=NO_CACHE, **TRACKING_RETRIES)
 def log_run_task(record: RunRecord, finish: bool = False) -> str:
     """Log the run; finish=False leaves it RUNNING until the model is registered."""
-    run_id = log_run(record, finish)
+    with unreachable_as_error("logging the training run"):
+        run_id = log_run(record, finish)
     get_run_logger().info("MLflow run %s in experiment %s (%s)", run_id, record.experiment, mlflow.get_tracking_uri())
     return run_id
 
 
 @task(name="register_model", cache_policy=NO_CACHE, **TRACKING_RETRIES)
 def register_model_task(run_id: str, detector: Detector, name: str, example_image: Path | None, first_champion: bool = True) -> Registration:
-    """Log the pyfunc model into the run and register it; the run is FINISHED only after this."""
-    model_uri = log_model(run_id, detector, example_image)
-    version, aliases = register(model_uri, name, run_id, first_champion)
-    finish_run(run_id)
-    exp_id = run_experiment_id(run_id)
+    """Log the pyfunc model into the run and register it; the run is FINISHED only after this.
+
+    A version is created only after its artifacts are fully logged, and aliases only after the
+    version exists, so an alias never points at a half-uploaded model. A retry after a failure
+    past registration reuses that version instead of registering a second one."""
+    configure()
+    with unreachable_as_error(f"registering model {name!r}"):
+        version = version_of_run(name, run_id)
+        if version is None:
+            model_uri = log_model(run_id, detector, example_image)
+            version, aliases = register(model_uri, name, run_id, first_champion)
+        else:
+            model_uri = f"models:/{name}/{version}"
+            aliases = set_registration_aliases(name, version, first_champion)
+            get_run_logger().info("reusing %s version %s registered by an earlier attempt", name, version)
+        finish_run(run_id)
+        exp_id = run_experiment_id(run_id)
     get_run_logger().info("registered %s version %s with aliases %s", name, version, aliases)
     return Registration(run_id, exp_id, model_uri, name, version, aliases, ui_url(run_id, exp_id))
