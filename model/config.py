@@ -5,9 +5,9 @@ its logged params (`TrainConfig.model_validate(params)`).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from model.calibration import ThresholdMethod
 from model.scoring import MapKind, ScoreMethod
@@ -15,12 +15,22 @@ from model.scoring import MapKind, ScoreMethod
 Loss = Literal["mse", "l1", "ssim_l1"]
 
 
+def _check_image_size(v: int) -> int:
+    if v < 32 or v > 1024 or v % 16:
+        raise ValueError("image_size must be a multiple of 16 between 32 and 1024")
+    return v
+
+
+# Square input size shared by every detector family.
+ImageSize = Annotated[int, AfterValidator(_check_image_size)]
+
+
 class AutoencoderConfig(BaseModel):
     """Architecture and training of the convolutional autoencoder."""
 
     model_config = ConfigDict(extra="forbid")
 
-    image_size: int = Field(128, description="square input size in pixels (multiple of 16, e.g. 128 or 256)")
+    image_size: ImageSize = Field(128, description="square input size in pixels (multiple of 16, e.g. 128 or 256)")
     base_channels: int = Field(32, ge=4, le=256, description="channels of the first encoder stage")
     latent_channels: int = Field(32, ge=1, le=512, description="channels of the bottleneck feature map")
     epochs: int = Field(30, ge=1, le=10_000)
@@ -33,20 +43,13 @@ class AutoencoderConfig(BaseModel):
     map_sigma: float = Field(2.0, ge=0, description="Gaussian smoothing of the anomaly map (pixels)")
     score_sigma: float = Field(4.0, ge=0, description="extra smoothing before the smoothed_max image score")
 
-    @field_validator("image_size")
-    @classmethod
-    def _size_ok(cls, v: int) -> int:
-        if v < 32 or v > 1024 or v % 16:
-            raise ValueError("image_size must be a multiple of 16 between 32 and 1024")
-        return v
-
 
 class PatchCoreConfig(BaseModel):
     """Feature-based detector: pretrained backbone features, coreset memory bank, nearest-neighbour maps."""
 
     model_config = ConfigDict(extra="forbid")
 
-    image_size: int = Field(256, description="square input size in pixels (multiple of 16)")
+    image_size: ImageSize = Field(256, description="square input size in pixels (multiple of 16)")
     backbone: Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"] = Field(
         "efficientnet_lite0", description="pretrained network; its weights are read from disk, never downloaded"
     )
@@ -66,13 +69,6 @@ class PatchCoreConfig(BaseModel):
     batch_size: int = Field(4, ge=1, le=1024, description="images per backbone forward (small batches stay in cache: 4 was fastest on 2 cores)")
     query_chunk: int = Field(4096, ge=64, description="query patches per nearest-neighbour block (bounds memory)")
     bank_chunk: int = Field(16384, ge=64, description="bank patches per nearest-neighbour block (bounds memory)")
-
-    @field_validator("image_size")
-    @classmethod
-    def _size_ok(cls, v: int) -> int:
-        if v < 32 or v > 1024 or v % 16:
-            raise ValueError("image_size must be a multiple of 16 between 32 and 1024")
-        return v
 
     @field_validator("layers")
     @classmethod
