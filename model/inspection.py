@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import io
 import os
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,10 +29,11 @@ from typing import Iterator
 
 import numpy as np
 
-from model.data import IMAGE_EXTENSIONS
+from model.data import IMAGE_EXTENSIONS, display_path
 
 RESULTS_FILE = "results.csv"
 LOCK_FILE = ".inspection.lock"
+FIGURES_DIR = "defects"
 FIELDS = ("path", "sha256", "score", "decision", "threshold", "model_name", "model_version", "inspected_at", "error")
 ERROR = "ERROR"
 
@@ -73,13 +75,14 @@ class Item:
 
 
 def read_item(path: Path, input_dir: Path) -> Item:
-    rel = path.relative_to(input_dir).as_posix()
+    # A name that is not UTF-8 is recorded with \xNN escapes: it still gets its row.
+    rel = display_path(path.relative_to(input_dir).as_posix())
     try:
         sha, raw = sha256_file(path)
         return Item(path, rel, sha, raw)
     except OSError as exc:
         # No content to hash: key the row by path so a rerun does not repeat it.
-        sha = "unreadable-" + hashlib.sha256(rel.encode()).hexdigest()[:32]
+        sha = "unreadable-" + hashlib.sha256(os.fsencode(path.relative_to(input_dir))).hexdigest()[:32]
         return Item(path, rel, sha, None, f"cannot read file ({exc.strerror or exc})")
 
 
@@ -98,7 +101,8 @@ class Row:
     def line(self) -> bytes:
         buf = io.StringIO()
         score = "" if self.score is None else f"{self.score:.8g}"
-        csv.writer(buf, lineterminator="\n").writerow(
+        # QUOTE_ALL: a name holding \r or \n stays one quoted field, never a second row.
+        csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(
             [self.path, self.sha256, score, self.decision, f"{self.threshold:.8g}", self.model_name,
              self.model_version, self.inspected_at, self.error.replace("\n", " ")]
         )
@@ -121,7 +125,7 @@ class Ledger:
 
     def __enter__(self) -> "Ledger":
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = _open_no_follow(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:
@@ -132,11 +136,15 @@ class Ledger:
                     os.close(self._lock_fd)
                     raise TimeoutError(f"{self.dir}: another inspection run holds the lock") from exc
                 time.sleep(0.2)
-        self._repair()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if os.fstat(self._fd).st_size == 0:
-            self._write(b",".join(f.encode() for f in FIELDS) + b"\n")
-            os.fsync(self._fd)
+        try:
+            real_dir(self.dir / FIGURES_DIR, create=False)
+            self._repair()
+            self._fd = _open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            if os.fstat(self._fd).st_size == 0:
+                self._append_bytes(b",".join(f.encode() for f in FIELDS) + b"\n", "cannot write the header")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -150,20 +158,28 @@ class Ledger:
             self._lock_fd = None
 
     def _repair(self) -> None:
-        """Cut a torn last line (a crash mid-write) so the next row starts on a fresh line."""
-        if not self.path.exists():
+        """Cut a torn last record (a crash mid-write) so the next row starts on a fresh line."""
+        try:
+            fd = _open_no_follow(self.path, os.O_RDWR)
+        except FileNotFoundError:
             return
-        with open(self.path, "rb+") as fh:
+        with os.fdopen(fd, "rb+") as fh:
             data = fh.read()
-            if data and not data.endswith(b"\n"):
-                fh.truncate(data.rfind(b"\n") + 1)
+            end = complete_prefix(data)
+            if end < len(data):
+                fh.truncate(end)
 
-    def _write(self, payload: bytes) -> None:
+    def _append_bytes(self, payload: bytes, what: str) -> None:
+        """One write loop plus fsync; a failure (ENOSPC, EIO...) names the file it hit."""
         assert self._fd is not None
-        view = memoryview(payload)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            view = memoryview(payload)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror or exc}: {what}", str(self.path)) from exc
 
     def done_keys(self) -> set[tuple[str, str, str]]:
         """(sha256, model_name, model_version) of every complete row."""
@@ -171,8 +187,7 @@ class Ledger:
 
     def append(self, rows: list[Row]) -> None:
         if rows:
-            self._write(b"".join(r.line() for r in rows))
-            os.fsync(self._fd)  # type: ignore[arg-type]
+            self._append_bytes(b"".join(r.line() for r in rows), f"cannot append {len(rows)} rows")
 
 
 class RowBuffer:
@@ -206,15 +221,28 @@ def append_new(ledger: Ledger, rows: list[Row], written: set[tuple[str, str, str
     return new
 
 
+def complete_prefix(data: bytes) -> int:
+    """Length of the complete records in CSV bytes: up to the last newline outside quotes. A
+    newline inside a quoted field (a file name may hold one) has an odd number of quotes before it."""
+    end = data.rfind(b"\n") + 1
+    quotes = data.count(b'"', 0, end)
+    while end and quotes % 2:
+        prev = data.rfind(b"\n", 0, end - 1) + 1
+        quotes -= data.count(b'"', prev, end)
+        end = prev
+    return end
+
+
 def read_results(path: str | Path) -> list[dict[str, str]]:
-    """Complete rows of a results.csv (a torn last line is ignored)."""
+    """Complete rows of a results.csv (a torn last record is ignored)."""
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text)))
+    data = path.read_bytes()
+    text = data[: complete_prefix(data)].decode("utf-8")
+    # newline="": \r inside a quoted name is data, not a line break.
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    return [r for r in rows if None not in r and None not in r.values()]
 
 
 def batches(items: list, size: int) -> Iterator[list]:
@@ -224,7 +252,7 @@ def batches(items: list, size: int) -> Iterator[list]:
 
 def defect_figure_paths(output_dir: Path, sha256: str) -> tuple[Path, Path]:
     """Heat map and overlay paths: named by content hash, so they never leave output_dir."""
-    d = output_dir / "defects"
+    d = output_dir / FIGURES_DIR
     return d / f"{sha256[:16]}_heatmap.png", d / f"{sha256[:16]}_overlay.png"
 
 
@@ -241,13 +269,42 @@ def overlay_rgb(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: 
     return (image.astype(np.float32) * (1 - alpha) + heat * alpha).round().astype(np.uint8)
 
 
+def _open_no_follow(path: Path, flags: int) -> int:
+    """os.open that refuses a symlink planted in the output folder (it could redirect our writes)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, "is a symbolic link; refusing to follow it out of the output folder", str(path)) from exc
+        raise
+
+
+def real_dir(path: Path, create: bool = True) -> None:
+    """Make sure path is a real directory, not a link to somewhere else (created when missing)."""
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise OSError(errno.ENOTDIR, "is a link or a file, not a folder; refusing to write figures through it", str(path))
+
+
 def save_png_atomic(array: np.ndarray, path: Path) -> None:
+    """Write via a temporary name and rename: a reader never sees half a PNG. On failure the
+    temporary file is removed and the error names the figure it was writing."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    real_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(_open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
+            Image.fromarray(array).save(fh, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror or exc}: cannot write figure", str(path)) from exc
 
 
 @dataclass

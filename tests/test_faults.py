@@ -432,11 +432,6 @@ def test_disk_full_fails_and_keeps_written_rows(small_disk, detector, demo_root,
         assert not [p.name for p in (out / "defects").iterdir() if p.name.endswith(".tmp")]  # rerun replaced the partial one
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model/inspection.py: ENOSPC surfaces as a bare '[Errno 28] No space left on device' that names no "
-    "file. Fix: in Ledger.append catch OSError and raise OSError(exc.errno, f'{exc.strerror}: cannot "
-    "append {len(rows)} rows', str(self.path)) from exc; in save_png_atomic unlink the .tmp and re-raise "
-    "with filename=str(path)."))
 def test_disk_full_error_names_the_results_file(small_disk, detector, demo_root, tmp_path):
     out, fill, _, _ = small_disk
     _, error = _fill_then_fail(detector, demo_root, tmp_path / "inbox", out, fill, 1e9)

@@ -599,10 +599,6 @@ def test_inspection_folder_changes_while_it_is_read(detector: AutoencoderDetecto
     assert sorted(r["path"] for r in rows) == sorted([*(f"{i:02d}.png" for i in range(8)), "late.png"])
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason=(
-    "model/inspection.py Row.line() encodes the path as strict UTF-8, so a file name that is not "
-    "UTF-8 crashes the batch (and every rerun: the file stays in the inbox). Fix: write the path "
-    "column as os.fsencode(rel).decode('utf-8', 'backslashreplace') (model.data.display_path)."))
 def test_inspection_non_utf8_name_gets_a_row(detector: AutoencoderDetector, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     write_all(inbox, {"good.png": encode(part(1), "PNG")})
@@ -614,14 +610,14 @@ def test_inspection_non_utf8_name_gets_a_row(detector: AutoencoderDetector, tmp_
     assert summary.inspected == 2 and set(rows) == {"good.png", "bad\\xff.png"}
 
 
-_NAME_CHARS = st.characters(blacklist_characters="/\x00\r", blacklist_categories=("Cs",))
+_NAME_CHARS = st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stem=st.text(_NAME_CHARS, min_size=1, max_size=40).filter(lambda s: not s.startswith(".")))
 def test_inspection_records_any_file_name_verbatim(detector: AutoencoderDetector, stem: str) -> None:
-    """Any UTF-8 name (quotes, commas, newlines, tabs, RTL marks, emoji...) is listed and written
-    to results.csv so that it reads back exactly ("\\r" is the known exception, see below)."""
+    """Any UTF-8 name (quotes, commas, \\r and \\n, tabs, RTL marks, emoji...) is listed and written
+    to results.csv so that it reads back exactly."""
     with tempfile.TemporaryDirectory() as tmp:
         inbox, out = Path(tmp) / "inbox", Path(tmp) / "out"
         write_all(inbox, {stem + ".png": b"not an image"})
@@ -629,12 +625,6 @@ def test_inspection_records_any_file_name_verbatim(detector: AutoencoderDetector
         assert [r["path"] for r in inspection.read_results(out / "results.csv")] == [stem + ".png"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model/inspection.py: Row.line() writes with csv lineterminator='\\n', so a path containing '\\r' is not "
-    "quoted, and read_results() reads with universal newlines: the row splits in two and its verdict is "
-    "attributed to the name after the '\\r' (here another file's name). Fix: write rows with "
-    "csv.writer(buf, lineterminator='\\n', quoting=csv.QUOTE_ALL) (or escape control characters in the path), "
-    "and read with csv.DictReader(io.StringIO(path.read_bytes().decode('utf-8'), newline=''))."))
 def test_carriage_return_in_a_name_cannot_claim_another_files_row(detector: AutoencoderDetector, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     write_all(inbox, {"victim.png": encode(part(1), "PNG"), "x\rvictim.png": b"not an image"})

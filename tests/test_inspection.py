@@ -99,6 +99,23 @@ def test_torn_last_line_is_repaired(detector, inbox, tmp_path):
     assert csv_path.read_bytes().count(b"\n") == 7
 
 
+def test_row_torn_inside_a_quoted_newline_is_repaired(detector, inbox, tmp_path):
+    """A name holding a newline is one quoted field; a crash right after that newline leaves a torn
+    record that ends in "\\n". It must not count, and the rerun must cut it, not append after it."""
+    (inbox / "img 0.png").rename(inbox / "line\nbreak.png")
+    out = tmp_path / "out"
+    run(detector, inbox, out)
+    csv_path = out / "results.csv"
+    data = csv_path.read_bytes()
+    start = data.index(b'"line\n')  # its row: sorted last
+    csv_path.write_bytes(data[: start + len(b'"line\n')])  # crash right after the quoted newline
+    assert inspection.complete_prefix(csv_path.read_bytes()) == start
+    assert len(inspection.read_results(csv_path)) == len(data[:start].splitlines()) - 1
+    run(detector, inbox, out)
+    rows = inspection.read_results(csv_path)
+    assert sorted(r["path"] for r in rows) == sorted(p.name for p in inbox.iterdir())
+
+
 def test_duplicate_content_inspected_once(detector, inbox, tmp_path):
     shutil.copy(inbox / "img 0.png", inbox / "copy.png")
     s = run(detector, inbox, tmp_path / "out")

@@ -296,25 +296,25 @@ def test_outputs_stay_in_the_output_folder(detector: AutoencoderDetector, demo_r
     assert not Path("PWNED").exists() and not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model/inspection.py follows links planted inside the output folder: a `defects` link sends heat "
-    "maps elsewhere (and a results.csv link would append rows to its target). Fix: in Ledger.__enter__ "
-    "refuse (or os.open with O_NOFOLLOW) a results.csv / .inspection.lock that is a symlink, and in "
-    "save_png_atomic refuse a `defects` folder that is a symlink (os.lstat + stat.S_ISDIR, or "
-    "mkdir + open(dir_fd) with O_NOFOLLOW|O_DIRECTORY)."))
-def test_links_planted_in_the_output_folder_are_not_followed(detector: AutoencoderDetector, demo_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("planted", ["defects", "results.csv", ".inspection.lock"])
+def test_links_planted_in_the_output_folder_are_refused(detector: AutoencoderDetector, demo_root: Path, tmp_path: Path, planted: str) -> None:
+    """A link planted in the output folder could send heat maps or rows elsewhere: the run refuses
+    it before inspecting anything, names it, and writes nothing through it."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     shutil.copy(sorted((demo_root / "demo" / "test").rglob("*.png"))[0], inbox / "a.png")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    target = elsewhere if planted == "defects" else elsewhere / "target"
+    if planted != "defects":
+        target.write_bytes(b"")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "defects").symlink_to(elsewhere)
-    try:
+    (out / planted).symlink_to(target)
+    with pytest.raises(OSError, match="link") as err:
         with inspection.Ledger(out) as ledger:
             inspection.inspect_files(detector, inspection.list_inbox(inbox), inbox, ledger, model_name="m",
                                      model_version="1", threshold=0.0)
-    except OSError:
-        pass  # refusing the planted link is a pass
-    assert list(elsewhere.iterdir()) == []
+    assert err.value.filename == str(out / planted)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ([] if planted == "defects" else ["target"])
+    assert planted == "defects" or target.read_bytes() == b""
