@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from model.config import TrainConfig, flatten_params
+from model.config import TrainConfig
 from model.pipeline import write_json
 from tasks.calibration import calibrate_threshold
 from tasks.evaluation import evaluate
@@ -55,7 +55,7 @@ def train_pipeline(
         record = tracking.RunRecord(
             experiment=config.experiment,
             run_name=validated.dataset.category,
-            params=flatten_params(config),
+            params=config.params(),
             metrics=metrics,
             history=trained.history,
             tags={

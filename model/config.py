@@ -109,6 +109,12 @@ class TrainConfig(BaseModel):
     def model_name(self) -> str:
         return self.registered_model_name or f"anomaflow-{self.category}"
 
+    def params(self) -> dict[str, object]:
+        """Flat MLflow params of this run: the selected family's settings only (the other
+        family's defaults would clutter run comparison and reproduce nothing)."""
+        unused = "patchcore" if self.detector == "autoencoder" else "autoencoder"
+        return {k: v for k, v in flatten_params(self).items() if not k.startswith(f"{unused}.")}
+
     @property
     def experiment(self) -> str:
         return self.experiment_name or f"anomaflow-{self.category}"

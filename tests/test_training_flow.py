@@ -55,6 +55,7 @@ def test_flow_runs_end_to_end(demo_root, mlflow_sqlite, tmp_path):
     run = MlflowClient().get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["autoencoder.epochs"] == "2"
+    assert not [k for k in run.data.params if k.startswith("patchcore.")]  # only the trained family's settings
     assert len(MlflowClient().get_metric_history(run.info.run_id, "train_loss")) == 2
 
 
