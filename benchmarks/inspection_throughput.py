@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         ("batch-inspection task (hash, decode, model, rows, heat maps)", inspect_rate, inspect_rate / (n / bare_s)),
         ("batch-inspection flow call (incl. alias resolve + model download)", n / flow_s, (n / flow_s) / (n / bare_s)),
     ]
-    print(f"\n| path | images/s | ratio vs bare |\n| --- | --- | --- |")
+    print("\n| path | images/s | ratio vs bare |\n| --- | --- | --- |")
     for label, rate, ratio in rows:
         print(f"| {label} | {rate:.1f} | {ratio:.2f} |")
     print(f"\n{n} images ({args.category} test x{args.copies}), batch {args.batch_size}, {args.image_size}px, {threads} threads; "

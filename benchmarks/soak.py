@@ -17,7 +17,6 @@ exactly one row per image.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import tempfile

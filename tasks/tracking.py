@@ -14,7 +14,6 @@ retried task never leaves a second, alias-less version behind.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import tempfile

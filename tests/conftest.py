@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny generated demo dataset and the real data location."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -100,43 +102,67 @@ def wait_http(url: str, proc, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def stop_process(proc, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within timeout."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def served(cmd: list[str], home: Path, health_url: str, *, env: dict | None = None, cwd: Path | None = None,
+           timeout: float = 120.0) -> Iterator:
+    """Run a server process (output in home/server.log) until health_url answers 200; yield it and
+    stop it on exit. A server that exits or never answers fails with the tail of its log."""
+    import subprocess
+
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd or home, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_http(health_url, proc, timeout=timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            log.flush()
+            raise RuntimeError(f"{exc}; server log:\n{(home / 'server.log').read_text()[-3000:]}") from None
+        yield proc
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def mlflow_server_cmd(port: int, backend_store_uri: str, artifacts: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts)]
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server` on 127.0.0.1 (free port, SQLite backend, temporary artifact store)."""
-    import subprocess
-    import sys
-
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=home,
-    )
     uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", proc)
+    with served(mlflow_server_cmd(port, f"sqlite:///{home / 'mlflow.db'}", home / "artifacts"), home, f"{uri}/health"):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_URI", uri)
             yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(autouse=True)
 def _mlflow_uri_isolation():
-    """mlflow.set_tracking_uri/set_registry_uri keep process-wide globals (and export env vars)
-    that outlive a test and its tracking server; restore both after every test."""
+    """mlflow.set_tracking_uri/set_registry_uri keep process-wide globals (and export env vars),
+    and tracking.configure() sets MLFLOW_HTTP_* retry settings, all of which outlive a test and its
+    tracking server: clear the globals and restore every MLFLOW_* variable after every test."""
     import sys
 
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {k: os.environ.get(k) for k in keys}
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}  # URIs and HTTP retry settings
     yield
     if "mlflow" in sys.modules:
         from mlflow.tracking._model_registry import utils as registry_utils
@@ -144,8 +170,6 @@ def _mlflow_uri_isolation():
 
         tracking_utils._tracking_uri = None
         registry_utils._registry_uri = None
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    for k in [k for k in os.environ if k.startswith("MLFLOW_") and k not in saved]:
+        del os.environ[k]
+    os.environ.update(saved)

@@ -138,7 +138,7 @@ def test_mlflow_uses_postgres_and_the_minio_bucket(services):
     bucket = urlparse(flag(cmd, "--artifacts-destination"))
     assert bucket.scheme == "s3"
     init = services["minio-init"]
-    assert f'mc mb --ignore-existing "local/$MLFLOW_BUCKET"' in " ".join(command(init))
+    assert 'mc mb --ignore-existing "local/$MLFLOW_BUCKET"' in " ".join(command(init))
     assert init["environment"]["MLFLOW_BUCKET"] == bucket.hostname
     assert http_target(env["MLFLOW_S3_ENDPOINT_URL"]) == ("minio", 9000)
     minio = services["minio"]["environment"]

@@ -11,7 +11,7 @@ import pytest
 
 from flows.training import train_pipeline
 from model import inspection
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, served
 from tests.test_operation import make_inbox
 from tests.test_training_flow import tiny_config
 
@@ -27,19 +27,9 @@ def prefect_server(tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                             "--no-scheduler", "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"{url}/health", proc, timeout=120)
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-scheduler", "--no-ui"]
+    with served(cmd, home, f"{url}/health", env=env, cwd=REPO):
         yield url, env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _prefect(args, env, **kw):

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,29 +24,10 @@ from PIL import Image
 
 from model import inspection
 from tasks import tracking
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, mlflow_server_cmd, wait_http
 
 pytestmark = pytest.mark.slow
 SIZE = 64
-
-
-@pytest.fixture(autouse=True)
-def restore_mlflow_globals():
-    """mlflow.set_tracking_uri (called by tracking.configure) sets process globals and env vars
-    that outlive a test; put them back so a dead test server never leaks into later tests."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    keys = ["MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *tracking.HTTP_DEFAULTS]
-    env = {k: os.environ.get(k) for k in keys}
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    yield
-    tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def unset_env(mp: pytest.MonkeyPatch, *keys: str) -> None:
@@ -79,8 +59,7 @@ class RestartableServer:
     def start(self) -> None:
         log = open(self.home / "server.log", "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}", "--artifacts-destination", str(self.home / "artifacts")],
+            mlflow_server_cmd(self.port, f"sqlite:///{self.home / 'mlflow.db'}", self.home / "artifacts"),
             stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True,
         )
         log.close()

@@ -1,7 +1,6 @@
 """Operation end to end: batch inspection against a model registered in a real MLflow server,
 kill -9 and rerun, two concurrent runs, the CLI, and the retraining promotion gate."""
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -9,13 +9,12 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, mlflow_server_cmd, served
 from tests.test_operation import make_inbox
 from tests.test_training_flow import tiny_config
 
@@ -82,29 +81,11 @@ def mlflow_on_postgres(postgres, tmp_path_factory):
     """`mlflow server` with the Postgres backend store and a local artifact destination."""
     home = tmp_path_factory.mktemp("mlflow-pg")
     port = free_port()
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", postgres, "--artifacts-destination", str(home / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=home,
-    )
     uri = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http(f"{uri}/health", proc, timeout=180)
-        except (RuntimeError, TimeoutError) as exc:
-            log.flush()
-            raise RuntimeError(f"{exc}; server log:\n{(home / 'server.log').read_text()[-3000:]}") from None
+    with served(mlflow_server_cmd(port, postgres, home / "artifacts"), home, f"{uri}/health", timeout=180):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_URI", uri)
             yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def query(dsn: str, sql: str, *params) -> list[tuple]:

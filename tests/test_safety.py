@@ -45,24 +45,6 @@ class Payload:
         return (os.mkdir, (self.marker,))
 
 
-@pytest.fixture(autouse=True)
-def restore_mlflow_globals():
-    """tracking.configure() sets MLflow process globals and env vars; put them back after each test."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    keys = ["MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *tracking.HTTP_DEFAULTS]
-    env = {k: os.environ.get(k) for k in keys}
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    yield
-    tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 @pytest.fixture(scope="module")
 def detector(demo_root: Path) -> AutoencoderDetector:
     ds = scan_mvtec(demo_root, "demo")
