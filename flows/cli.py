@@ -24,7 +24,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=a.learning_rate)
     p.add_argument("--loss", choices=["mse", "l1", "ssim_l1"], default=a.loss)
     p.add_argument("--map-kind", choices=["l2", "l1", "ssim", "l2_ssim"], default=a.map_kind)
-    p.add_argument("--augment", action="store_true", help="random flips/rotations (top-view parts)")
+    p.add_argument("--map-sigma", type=float, default=a.map_sigma, help="Gaussian smoothing of the anomaly map in pixels")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=a.augment,
+                   help="random flips/90° rotations while training (valid for top-view parts)")
     p.add_argument("--score-method", choices=["mean", "max", "smoothed_max"], default=None,
                    help="image score for decisions (default: smoothed_max autoencoder / max patchcore)")
     p.add_argument("--pixel-threshold-percentile", type=float, default=None,
@@ -57,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         detector=args.detector,
         autoencoder=AutoencoderConfig(
             epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.lr, loss=args.loss, map_kind=args.map_kind, augment=args.augment,
+            learning_rate=args.lr, loss=args.loss, map_kind=args.map_kind, map_sigma=args.map_sigma, augment=args.augment,
             **(size if args.detector == "autoencoder" else {}),
         ),
         patchcore=PatchCoreConfig(**(size if args.detector == "patchcore" else {})),

@@ -91,6 +91,17 @@ def test_patchcore_detector_flag_uses_family_defaults():
     assert ae.detector == "autoencoder" and ae.image_size == 128 and ae.score_method == "smoothed_max"
 
 
+def test_autoencoder_flags_default_to_the_config_and_can_be_turned_off():
+    from flows.cli import build_parser, config_from_args
+    from model.config import AutoencoderConfig
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["train", "--output", "o"])).autoencoder == AutoencoderConfig()
+    ae = config_from_args(parse(["train", "--output", "o", "--no-augment", "--map-sigma", "3"])).autoencoder
+    assert ae.augment is False and ae.map_sigma == 3.0
+    assert config_from_args(parse(["train", "--output", "o", "--augment"])).autoencoder.augment is True
+
+
 def test_train_patchcore_end_to_end(demo_root, tmp_path):
     out = tmp_path / "pc"
     rc = main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
