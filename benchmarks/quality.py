@@ -44,13 +44,11 @@ def make_config(name: str, seed: int, root: Path, category: str, cache_dir: str 
                        num_threads=threads, score_method=spec.get("score_method", TrainConfig().score_method))
 
 
-def run_one(cfg: TrainConfig, ds: data.Dataset) -> dict:
-    arrays = pipeline.load_arrays(ds, cfg, log=lambda m: None)
-    det, history, train_s = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
+def evaluate_variant(det, cfg: TrainConfig, arrays: pipeline.Arrays, syn_imgs: np.ndarray, syn_masks: np.ndarray) -> dict:
+    """Calibrate on held-out normals, then (a) selection metrics and (b) test metrics."""
     holdout = det.score(arrays.holdout)
     pipeline.calibrate_detector(det, cfg, holdout)
     # (a) selection: held-out normals vs synthetic defects made from them.
-    syn_imgs, syn_masks, _ = synthetic_set(arrays.holdout, seed=cfg.seed)
     syn = det.score(syn_imgs)
     labels = np.r_[np.zeros(len(arrays.holdout)), np.ones(len(syn_imgs))]
     scores = np.r_[holdout.scores[cfg.score_method], syn.scores[cfg.score_method]]
@@ -63,7 +61,22 @@ def run_one(cfg: TrainConfig, ds: data.Dataset) -> dict:
     test = det.score(arrays.test)
     ips = len(arrays.test) / (time.perf_counter() - t0)
     ev = pipeline.evaluate_split(det, arrays, test, cfg.score_method)
-    return {**sel, **ev.metrics, "train_seconds": train_s, "images_per_second": ips, "epochs": cfg.autoencoder.epochs}
+    return {**sel, **ev.metrics, "images_per_second": ips}
+
+
+def run_one(cfg: TrainConfig, ds: data.Dataset, map_sigmas: list[float], save_dir: Path | None) -> dict[float, dict]:
+    """Train once; evaluate each anomaly-map smoothing (a scoring choice: no retraining)."""
+    arrays = pipeline.load_arrays(ds, cfg, log=lambda m: None)
+    det, history, train_s = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
+    if save_dir is not None:
+        det.save(save_dir)
+    syn_imgs, syn_masks, _ = synthetic_set(arrays.holdout, seed=cfg.seed)
+    out = {}
+    for sigma in map_sigmas or [cfg.autoencoder.map_sigma]:
+        det.config = det.config.model_copy(update={"map_sigma": sigma})
+        out[sigma] = {**evaluate_variant(det, cfg, arrays, syn_imgs, syn_masks), "train_seconds": train_s,
+                      "epochs": cfg.autoencoder.epochs, "map_sigma": sigma}
+    return out
 
 
 def main(argv=None) -> int:
@@ -76,6 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None, help="override every configuration's epochs (smoke runs)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--map-sigmas", nargs="*", type=float, default=[],
+                    help="also evaluate each trained model with these anomaly-map smoothings (scoring only, no retraining)")
+    ap.add_argument("--save-models", type=Path, default=None, help="save each trained detector under this folder")
     args = ap.parse_args(argv)
 
     pipeline.configure_threads(args.threads)
@@ -84,11 +100,15 @@ def main(argv=None) -> int:
     for name in args.configs:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            r = run_one(make_config(name, seed, Path(args.data), args.category, args.cache_dir, args.threads, args.epochs), ds)
-            results.setdefault(name, []).append({"seed": seed, **r})
-            print(f"{name} seed {seed}: syn_image_auroc={r['syn_image_auroc']:.4f} image_auroc={r['image_auroc']:.4f} "
-                  f"pixel_auroc={r['pixel_auroc']:.4f} pixel_aupro={r['pixel_aupro']:.4f} pixel_iou={r['pixel_iou']:.4f} "
-                  f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+            cfg = make_config(name, seed, Path(args.data), args.category, args.cache_dir, args.threads, args.epochs)
+            save = args.save_models / f"{name}-seed{seed}" if args.save_models else None
+            for sigma, r in run_one(cfg, ds, args.map_sigmas, save).items():
+                label = name if sigma == cfg.autoencoder.map_sigma else f"{name}@map_sigma={sigma:g}"
+                results.setdefault(label, []).append({"seed": seed, **r})
+                print(f"{label} seed {seed}: syn_image_auroc={r['syn_image_auroc']:.4f} syn_pixel_auroc={r['syn_pixel_auroc']:.4f} "
+                      f"syn_pixel_aupro={r['syn_pixel_aupro']:.4f} | image_auroc={r['image_auroc']:.4f} "
+                      f"pixel_auroc={r['pixel_auroc']:.4f} pixel_aupro={r['pixel_aupro']:.4f} pixel_iou={r['pixel_iou']:.4f} "
+                      f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=2, default=float))
