@@ -97,8 +97,8 @@ def test_autoencoder_flags_default_to_the_config_and_can_be_turned_off():
 
     parse = build_parser().parse_args
     assert config_from_args(parse(["train", "--output", "o"])).autoencoder == AutoencoderConfig()
-    ae = config_from_args(parse(["train", "--output", "o", "--no-augment", "--map-sigma", "3"])).autoencoder
-    assert ae.augment is False and ae.map_sigma == 3.0
+    ae = config_from_args(parse(["train", "--output", "o", "--no-augment", "--map-sigma", "5"])).autoencoder
+    assert ae.augment is False and ae.map_sigma == 5.0
     assert config_from_args(parse(["train", "--output", "o", "--augment"])).autoencoder.augment is True
 
 
