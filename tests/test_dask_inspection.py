@@ -16,7 +16,7 @@ from model import inspection
 from model.autoencoder import AutoencoderDetector
 from model.config import AutoencoderConfig
 from model.data import load_images, scan_mvtec
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 from tests.test_operation import make_inbox
 
 NAME = "anomaflow-dask"
@@ -129,11 +129,7 @@ def standalone_dask(tmp_path):
         yield address
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, timeout=30)
         log.close()
 
 

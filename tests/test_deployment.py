@@ -11,7 +11,7 @@ import pytest
 
 from flows.training import train_pipeline
 from model import inspection
-from tests.conftest import free_port, served
+from tests.conftest import free_port, served, stop_process
 from tests.test_operation import make_inbox
 from tests.test_training_flow import tiny_config
 
@@ -69,8 +69,7 @@ def test_deploy_from_prefect_yaml_and_run_with_a_process_worker(prefect_server, 
                   "--param", f"output_dir={out}", "--param", f"model_name={NAME}"], env)
         run = asyncio.run(_wait_flow_run(url, "batch-inspection"))
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_process(worker, timeout=60)  # a worker slow to shut down on a loaded machine is killed, not a failure
         worker_log.close()
     assert run.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
     rows = inspection.read_results(out / "results.csv")
