@@ -52,35 +52,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="anomaflow-dask-bench-"))
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    os.chdir(work)
-    from mlflow.tracking import MlflowClient
     from prefect.testing.utilities import prefect_test_harness
 
-    from inspection_throughput import build_inbox
     from flows.inspection import batch_inspection
-    from model import data, pipeline
-    from model.config import AutoencoderConfig, TrainConfig
-    from model.demo import make_demo_dataset
-    from tasks import tracking
+    from inspection_throughput import prepare
 
-    root = Path(args.data)
-    if not (root / args.category).is_dir():
-        print(f"{root / args.category} not found: using the generated demo data", file=sys.stderr)
-        root, args.category = work / "demo", "demo"
-        make_demo_dataset(root, "demo")
-    threads = pipeline.configure_threads(args.threads)
-    ds = data.scan_mvtec(root, args.category)
-    cfg = TrainConfig(data_root=str(root), category=args.category, autoencoder=AutoencoderConfig(image_size=args.image_size, epochs=1))
-    arrays = pipeline.load_arrays(ds, cfg)
-    det, _, _ = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
-    pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout))
-    inbox = work / "inbox"
-    n = len(build_inbox([s.path for s in ds.test], inbox, args.copies))
     name = "anomaflow-dask-bench"
-    tracking.configure()
-    run_id = MlflowClient().create_run(tracking.ensure_experiment("bench")).info.run_id
-    tracking.register(tracking.log_model(run_id, det), name, run_id)
+    _, files, threads = prepare(args, work, name)
+    inbox, n = work / "inbox", len(files)
     print(f"{n} images ({args.category} test x{args.copies}), model at {args.image_size}px; {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f} before the runs", file=sys.stderr)
 

@@ -39,6 +39,38 @@ def build_inbox(src_files: list[Path], inbox: Path, copies: int) -> list[Path]:
     return sorted(out)
 
 
+def prepare(args: argparse.Namespace, work: Path, model_name: str):
+    """Shared setup of the inspection benchmarks, all inside `work`: a SQLite MLflow store, the
+    category's test images (real data when present, else the demo set) copied into work/inbox,
+    a 1-epoch autoencoder (speed does not depend on quality) calibrated and registered as
+    model_name. Returns (detector, inbox files, torch threads); args.category may become "demo"."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    os.chdir(work)
+    from mlflow.tracking import MlflowClient
+
+    from model import data, pipeline
+    from model.config import AutoencoderConfig, TrainConfig
+    from model.demo import make_demo_dataset
+    from tasks import tracking
+
+    root = Path(args.data)
+    if not (root / args.category).is_dir():
+        print(f"{root / args.category} not found: using the generated demo data", file=sys.stderr)
+        root, args.category = work / "demo", "demo"
+        make_demo_dataset(root, "demo")
+    threads = pipeline.configure_threads(args.threads)
+    ds = data.scan_mvtec(root, args.category)
+    cfg = TrainConfig(data_root=str(root), category=args.category, autoencoder=AutoencoderConfig(image_size=args.image_size, epochs=1))
+    arrays = pipeline.load_arrays(ds, cfg)
+    det, _, _ = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
+    pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout))
+    files = build_inbox([s.path for s in ds.test], work / "inbox", args.copies)
+    tracking.configure()
+    run_id = MlflowClient().create_run(tracking.ensure_experiment("bench")).info.run_id
+    tracking.register(tracking.log_model(run_id, det), model_name, run_id)
+    return det, files, threads
+
+
 def bare_loop(det, files: list[Path], batch_size: int) -> float:
     from model.calibration import decide
     from model.data import load_image
@@ -63,34 +95,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="anomaflow-bench-"))
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    os.chdir(work)
-    from model import data, pipeline
-    from model.config import AutoencoderConfig, TrainConfig
-    from model.demo import make_demo_dataset
-    from tasks import tracking
-
-    root = Path(args.data)
-    if not (root / args.category).is_dir():
-        print(f"{root / args.category} not found: using the generated demo data", file=sys.stderr)
-        root, args.category = work / "demo", "demo"
-        make_demo_dataset(root, "demo")
-    threads = pipeline.configure_threads(args.threads)
-    ds = data.scan_mvtec(root, args.category)
-    cfg = TrainConfig(data_root=str(root), category=args.category, autoencoder=AutoencoderConfig(image_size=args.image_size, epochs=1))
-    arrays = pipeline.load_arrays(ds, cfg)
-    det, _, _ = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
-    pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout))
-    files = build_inbox([s.path for s in ds.test], work / "inbox", args.copies)
-    print(f"{len(files)} images, model at {args.image_size}px, {threads} torch threads", file=sys.stderr)
-
     name = "anomaflow-bench"
-    tracking.configure()
-    exp = tracking.ensure_experiment("bench")
-    from mlflow.tracking import MlflowClient
-
-    run_id = MlflowClient().create_run(exp).info.run_id
-    tracking.register(tracking.log_model(run_id, det), name, run_id)
+    det, files, threads = prepare(args, work, name)
+    print(f"{len(files)} images, model at {args.image_size}px, {threads} torch threads", file=sys.stderr)
 
     from flows.inspection import batch_inspection
 
