@@ -42,7 +42,7 @@ class ResolvedModel:
     alias: str
     version: str
     detector: Detector
-    tracking_uri: str = ""
+    tracking_uri: str
 
     def ref(self) -> ModelRef:
         return ModelRef(self.name, self.version, self.tracking_uri)
@@ -114,11 +114,9 @@ def start_cluster() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _worker_detector(model: ModelRef) -> Detector:
-    """Each worker process downloads and loads the exact model version once."""
-    import mlflow
-
-    mlflow.set_tracking_uri(model.tracking_uri)
-    mlflow.set_registry_uri(model.tracking_uri)
+    """Each worker process downloads and loads the exact model version once (from the flow's
+    tracking server, with the same bounded retries as the flow)."""
+    tracking.configure(model.tracking_uri)
     return tracking.load_registered_detector(model.name, model.version)
 
 

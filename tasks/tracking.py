@@ -73,9 +73,11 @@ def bound_http_retries() -> None:
         os.environ.setdefault(key, value)
 
 
-def configure() -> str:
+def configure(uri: str | None = None) -> str:
+    """Point MLflow at `uri` (default: `tracking_uri()`) for tracking and the registry, with
+    bounded HTTP retries; every process that talks to MLflow (Dask workers too) calls this."""
     bound_http_retries()
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
