@@ -35,15 +35,6 @@ sys.path.insert(0, str(REPO))
 FAMILIES = ("autoencoder", "patchcore")
 
 
-def family_settings(family: str) -> dict[str, Any]:
-    """TrainConfig settings each family is benchmarked with (its documented recommendations)."""
-    if family == "patchcore":
-        from model.patchcore import RECOMMENDED_TRAIN_SETTINGS
-
-        return dict(RECOMMENDED_TRAIN_SETTINGS)
-    return {}
-
-
 def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     """One family end to end in this process; returns a JSON-able record."""
     import torch
@@ -53,7 +44,7 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
 
     threads = pipeline.configure_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    overrides: dict[str, Any] = family_settings(family)
+    overrides: dict[str, Any] = {}
     if args.epochs is not None and family == "autoencoder":
         overrides["autoencoder"] = AutoencoderConfig(epochs=args.epochs)
     cfg = TrainConfig(

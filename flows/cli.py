@@ -46,11 +46,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from model.config import PatchCoreConfig
 
     category = args.category or ("demo" if args.data_root is None else TrainConfig().category)
-    family: dict = {}
-    if args.detector == "patchcore":
-        from model.patchcore import RECOMMENDED_TRAIN_SETTINGS
-
-        family = dict(RECOMMENDED_TRAIN_SETTINGS)
     size = {"image_size": args.image_size} if args.image_size else {}
     overrides = {k: v for k, v in (("score_method", args.score_method), ("pixel_threshold_percentile", args.pixel_threshold_percentile)) if v is not None}
     return TrainConfig(
@@ -71,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cache_dir=args.cache_dir,
         experiment_name=args.experiment,
         registered_model_name=args.model_name,
-        **{**family, **overrides},
+        **overrides,
     )
 
 

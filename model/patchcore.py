@@ -33,13 +33,6 @@ from model.scoring import gaussian_blur
 
 BANK_FILE = "memory_bank.pt"
 
-# TrainConfig settings recommended with this family (the global defaults suit the autoencoder).
-# score_method "max": PatchCore's image score is the most anomalous patch. Pixel threshold at the
-# 99.99th percentile of held-out normal map values, chosen without test labels: on Bottle, half the
-# held-out normals calibrated, synthetic defects in the other half (model/synthetic.py) scored; IoU
-# rose steadily with the percentile (99.5: 0.12, 99.9: 0.14, 99.99: 0.17, max: 0.18; a second
-# defect generator agreed). 99.99 rather than the max, which hinges on one normal image's worst pixel.
-RECOMMENDED_TRAIN_SETTINGS: dict[str, Any] = {"score_method": "max", "pixel_threshold_percentile": 99.99}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -214,6 +214,17 @@ def test_config_validation():
     assert TrainConfig(detector="patchcore").image_size == 256
 
 
+def test_family_decision_defaults_apply_without_the_cli():
+    """A deployment form or Python caller gets the same per-family defaults as the CLI, an explicit
+    value wins, and the dumped config (logged, reloaded) carries the resolved values."""
+    pc = TrainConfig(detector="patchcore")
+    assert (pc.score_method, pc.pixel_threshold_percentile) == ("max", 99.99)
+    ae = TrainConfig()
+    assert (ae.score_method, ae.pixel_threshold_percentile) == ("smoothed_max", 99.5)
+    assert TrainConfig(detector="patchcore", score_method="mean").score_method == "mean"
+    assert TrainConfig.model_validate(pc.model_dump()) == pc
+
+
 def test_pipeline_steps_end_to_end_on_demo_data(demo_root, tmp_path):
     from model import pipeline
 
