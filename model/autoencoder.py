@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from model.config import AutoencoderConfig
-from model.detector import Detector, ProgressFn
+from model.detector import Detector, ProgressFn, save_torch_atomic, to_tensor
 from model.scoring import gaussian_blur, residual_map, ssim_map
 
 WEIGHTS_FILE = "weights.pt"
@@ -63,11 +63,6 @@ class ConvAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.to_latent(self.encoder(x))
         return torch.sigmoid(self.head(self.decoder(self.from_latent(z))))
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N,H,W,3) -> float (N,3,H,W) in [0,1]: the autoencoder's normalisation."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor, loss: str) -> torch.Tensor:
@@ -194,17 +189,11 @@ class AutoencoderDetector(Detector):
         return cls(AutoencoderConfig.model_validate(config["autoencoder"]), seed=config.get("seed", 0))
 
     def _save_weights(self, directory: Path) -> None:
-        _atomic_torch_save(self.net.state_dict(), directory / WEIGHTS_FILE)
+        save_torch_atomic(self.net.state_dict(), directory / WEIGHTS_FILE)
         if self.last_state is not None:
-            _atomic_torch_save(self.last_state, directory / LAST_WEIGHTS_FILE)
+            save_torch_atomic(self.last_state, directory / LAST_WEIGHTS_FILE)
 
     def _load_weights(self, directory: Path) -> None:
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.eval()
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)

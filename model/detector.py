@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
+import torch
 
 from model.calibration import decide
 from model.scoring import SCORE_METHODS, image_scores
@@ -23,6 +24,18 @@ from model.scoring import SCORE_METHODS, image_scores
 FORMAT_VERSION = 1
 METADATA_FILE = "detector.json"
 ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N,H,W,3) -> float (N,3,H,W) in [0,1], the input every family's network takes."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def save_torch_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves half a weights file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from model.backbone import FeatureBackbone
 from model.config import PatchCoreConfig
-from model.detector import Detector, ProgressFn
+from model.detector import Detector, ProgressFn, save_torch_atomic, to_tensor
 from model.scoring import gaussian_blur
 
 BANK_FILE = "memory_bank.pt"
@@ -37,11 +37,6 @@ BANK_FILE = "memory_bank.pt"
 
 # ----------------------------------------------------------------------------------------------
 # features
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N,H,W,3) -> float (N,3,H,W) in [0,1]; the backbone applies its own normalisation."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def aggregate(features: list[torch.Tensor], pool_size: int = 3, feature_dim: int | None = None) -> torch.Tensor:
@@ -348,9 +343,7 @@ class PatchCoreDetector(Detector):
     def _save_weights(self, directory: Path) -> None:
         if self.bank is None:
             raise RuntimeError("nothing to save: the detector is not fitted")
-        tmp = directory / f".{BANK_FILE}.tmp"
-        torch.save({"bank": self.bank}, tmp)
-        tmp.replace(directory / BANK_FILE)
+        save_torch_atomic({"bank": self.bank}, directory / BANK_FILE)
 
     def _load_weights(self, directory: Path) -> None:
         state = torch.load(directory / BANK_FILE, map_location="cpu", weights_only=True)
