@@ -79,8 +79,8 @@ def generate(inbox: Path, n: int, size: int, defect_rate: float, seed: int) -> i
 
 def train(size: int, n_train: int, epochs: int, seed: int):
     from model.autoencoder import AutoencoderDetector
-    from model.calibration import percentile_threshold
-    from model.config import AutoencoderConfig
+    from model import pipeline
+    from model.config import AutoencoderConfig, TrainConfig
     from model.demo import render_part
 
     rng = np.random.default_rng(seed + 1)
@@ -88,9 +88,7 @@ def train(size: int, n_train: int, epochs: int, seed: int):
     holdout = np.stack([render_part(rng, size) for _ in range(max(8, n_train // 4))])
     det = AutoencoderDetector(AutoencoderConfig(image_size=size, base_channels=8, latent_channels=8, epochs=epochs, batch_size=16), seed=seed)
     det.fit(good, holdout, progress=None)
-    result = det.score(holdout)
-    det.threshold = float(percentile_threshold(result.scores[det.score_method], 99.0))
-    det.pixel_threshold = float(np.percentile(result.maps, 99.5))
+    pipeline.calibrate_detector(det, TrainConfig(), det.score(holdout))  # the training flow's calibration
     return det
 
 
