@@ -1,8 +1,8 @@
 """Autoencoder quality: configurations x seeds on a data root, selection without test labels.
 
-    .venv/bin/python benchmarks/quality.py --configs default epochs-30 augment seed-mse --seeds 0 1 2 \
-        --map-sigmas 2 3 4 --threads 2 [--data ../shared/data/mvtec_ad --category bottle] [--json out/quality.json]
-    .venv/bin/python benchmarks/quality.py --from-json out/quality.json [more.json ...]   # table only
+    .venv/bin/python benchmarks/quality.py --configs default seed-mse --seeds 0 1 2 --map-sigmas 2 3 4 \
+        --threads 2 [--data ../shared/data/mvtec_ad --category bottle] [--json out/quality.json]
+    .venv/bin/python benchmarks/quality.py --from-json benchmarks/results/quality-bottle-run*.json   # table only
 
 For every run: fit on train/good (fit part), calibrate on the held-out normal part, then
 (a) SELECTION metrics on held-out normals + synthetic anomalies made from them
@@ -134,7 +134,8 @@ SELECTION = ("syn_image_auroc", "syn_pixel_auroc", "syn_pixel_aupro")
 
 
 def selection_score(run: dict) -> float:
-    """The one selection rule, fixed before looking at any result: the mean of the three
+    """The one selection rule (written down part way through the README's runs; the chosen default
+    leads on each metric alone, so the weighting did not decide it): the mean of the three
     synthetic-anomaly metrics (no test label involved)."""
     return mean(float(run[k]) for k in SELECTION)
 
