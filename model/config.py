@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from model.calibration import ThresholdMethod
 from model.scoring import MapKind, ScoreMethod
 
 Loss = Literal["mse", "l1", "ssim_l1"]
@@ -105,7 +104,9 @@ class TrainConfig(BaseModel):
     score_method: ScoreMethod | None = Field(
         None, description="image score used for decisions; None = the family's (autoencoder smoothed_max, patchcore max)"
     )
-    threshold_method: ThresholdMethod = Field("percentile", description="percentile or fpr on held-out normals; f1_max needs labels")
+    threshold_method: Literal["percentile", "fpr"] = Field(
+        "percentile", description="percentile or fpr of held-out normal scores (training sees no defect labels, so no f1_max)"
+    )
     threshold_percentile: float = Field(99.0, gt=0, le=100)
     target_fpr: float = Field(0.05, ge=0, lt=1)
     pixel_threshold_percentile: float | None = Field(
@@ -117,6 +118,16 @@ class TrainConfig(BaseModel):
     cache_dir: str | None = Field(None, description="disk cache of decoded, resized images")
     experiment_name: str | None = Field(None, description="MLflow experiment; None = anomaflow-<category>")
     registered_model_name: str | None = Field(None, description="None = anomaflow-<category>")
+
+    @field_validator("threshold_method", mode="before")
+    @classmethod
+    def _no_label_methods(cls, v: Any) -> Any:
+        if v == "f1_max":
+            raise ValueError(
+                "threshold_method 'f1_max' needs labelled defects, and training calibrates on held-out normal "
+                "images only; use 'percentile' or 'fpr' (f1_max is model.calibration.f1_max_threshold for a labelled set)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _family_defaults(self) -> "TrainConfig":

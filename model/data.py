@@ -75,6 +75,7 @@ __all__ = [
     "load_images",
     "load_mask",
     "load_masks",
+    "mvtec_categories",
     "open_image",
     "open_mask",
     "scan_folder",
@@ -160,6 +161,7 @@ class Dataset:
     train: list[Sample]
     test: list[Sample]
     layout: str = "mvtec"
+    skipped: list[DataError] = field(default_factory=list)  # files/folders left out on purpose, with why
 
     @property
     def defect_types(self) -> list[str]:
@@ -217,22 +219,63 @@ def scan_mvtec(root: str | Path, category: str) -> Dataset:
     return Dataset(root=cat_dir, category=category, train=train, test=test, layout="mvtec")
 
 
+def mvtec_categories(root: str | Path) -> list[str]:
+    """Names of the MVTec-layout categories directly under `root` (folders holding train/good)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [d.name for d in _subdirs(root) if (d / "train" / "good").is_dir()]
+
+
+# Folder names and file stems a plain folder of good images must not take as training data:
+# an MVTec test split or its masks would otherwise be learnt as "normal" without a word.
+_EVALUATION_DIRS = frozenset({"test", "ground_truth"})
+
+
+def _is_mask_name(name: str) -> bool:
+    return os.path.splitext(name)[0].lower().endswith(_MASK_SUFFIX)
+
+
 def scan_folder(path: str | Path) -> Dataset:
-    """Treat a plain folder (searched recursively) as good training images, e.g. a user's own capture."""
+    """Treat a plain folder (searched recursively) as good training images, e.g. a user's own capture.
+
+    Folders named test or ground_truth and mask-like files (*_mask.*) are left out and listed in
+    `Dataset.skipped`: they are evaluation data, never good training images.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(folder, "folder not found")
+    if (folder / "train" / "good").is_dir():
+        raise DataError(folder, f"this is an MVTec-layout category folder (it holds train/good): pass its parent as the data root and {folder.name!r} as the category")
     files: list[Path] = []
+    skipped: list[DataError] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]  # prune hidden folders (.git, .cache)
-        files.extend(Path(dirpath) / f for f in filenames if _is_image_name(f))
+        here = Path(dirpath)
+        kept = []
+        for d in sorted(dirnames):
+            if _is_hidden(d):
+                continue  # prune hidden folders (.git, .cache)
+            if d.lower() in _EVALUATION_DIRS:
+                skipped.append(DataError(here / d, f"skipped: a folder named {d!r} holds evaluation data, not good training images"))
+            else:
+                kept.append(d)
+        dirnames[:] = kept
+        for f in filenames:
+            if not _is_image_name(f):
+                continue
+            if _is_mask_name(f):
+                skipped.append(DataError(here / f, "skipped: a mask-like file (*_mask.*) is not a training image"))
+            else:
+                files.append(here / f)
     files = sorted(f for f in files if _is_listed(f))
     if not files:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise DataError(folder, f"no images found (looked for {exts}, hidden files ignored)")
+        left_out = f"; left out {len(skipped)} test/ground_truth folder(s) or mask file(s)" if skipped else ""
+        raise DataError(folder, f"no images found (looked for {exts}, hidden files ignored{left_out})")
     name = folder.name or folder.resolve().name
     return Dataset(
-        root=folder, category=name, train=[Sample(f, "train", "good", None) for f in files], test=[], layout="folder"
+        root=folder, category=name, train=[Sample(f, "train", "good", None) for f in files], test=[], layout="folder",
+        skipped=sorted(skipped, key=lambda e: str(e.path)),
     )
 
 
@@ -649,6 +692,7 @@ class ValidationReport:
     image_modes: dict[str, int] = field(default_factory=dict)
     n_masks: int = 0
     problems: list[DataError] = field(default_factory=list)
+    skipped: list[DataError] = field(default_factory=list)  # left out on purpose (not problems)
 
     @property
     def ok(self) -> bool:
@@ -663,6 +707,11 @@ class ValidationReport:
         lines += [f"  {k:<{width}}  {v:>6}" for k, v in self.counts.items()]
         lines.append("sizes: " + (", ".join(f"{k} ({v})" for k, v in self.image_sizes.items()) or "-"))
         lines.append("modes: " + (", ".join(f"{k} ({v})" for k, v in self.image_modes.items()) or "-"))
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} (not training images):")
+            lines += [f"  {p}" for p in self.skipped[:max_problems]]
+            if len(self.skipped) > max_problems:
+                lines.append(f"  ... and {len(self.skipped) - max_problems} more")
         if self.problems:
             lines.append("problems:")
             lines += [f"  {p}" for p in self.problems[:max_problems]]
@@ -685,10 +734,13 @@ class ValidationReport:
             "image_sizes": dict(self.image_sizes),
             "image_modes": dict(self.image_modes),
             "n_masks": self.n_masks,
-            "problems": [
-                {"path": None if p.path is None else display_path(p.path), "reason": p.reason} for p in self.problems
-            ],
+            "problems": [_error_dict(p) for p in self.problems],
+            "skipped": [_error_dict(p) for p in self.skipped],
         }
+
+
+def _error_dict(err: DataError) -> dict[str, str | None]:
+    return {"path": None if err.path is None else display_path(err.path), "reason": err.reason}
 
 
 def _inspect_image(path: Path, decode: bool, modes: Counter[str], sizes: Counter[str]) -> tuple[int, int]:
@@ -799,4 +851,5 @@ def validate_dataset(ds: Dataset, decode: bool = True, progress: ProgressFn | No
         image_modes=dict(modes.most_common()),
         n_masks=n_masks,
         problems=problems,
+        skipped=list(ds.skipped),
     )

@@ -6,6 +6,7 @@ one-to-one and a notebook can call it directly. No step reads test labels before
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tempfile
@@ -51,9 +52,19 @@ def resolve_data_root(config: TrainConfig) -> tuple[Path, str]:
 
 
 def load_dataset(root: Path, category: str) -> data.Dataset:
-    """MVTec layout when root/category exists; else root as a plain folder of good images."""
+    """MVTec layout when root/category exists; else root as a plain folder of good images.
+
+    A root that holds MVTec-layout categories never falls back to the plain-folder mode: that
+    would train on its test images and masks. A missing category there is a named error.
+    """
     if (root / category).is_dir():
         return data.scan_mvtec(root, category)
+    found = data.mvtec_categories(root)
+    if found:
+        lower = {c.lower(): c for c in found}
+        close = [lower[m] for m in difflib.get_close_matches(category.lower(), list(lower), n=1, cutoff=0.6)]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise data.DataError(root / category, f"category not found; {root} holds the MVTec categories {', '.join(found)}{hint}")
     if root.is_dir() and any(p.suffix.lower() in data.IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file()):
         return data.scan_folder(root)
     raise data.DataError(root / category, "category folder not found (and no images under the root to use as a plain folder of good images)")
@@ -110,7 +121,7 @@ def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: Score
     """Image and pixel thresholds from held-out normal images only; stored on the detector."""
     normal = holdout_result.scores[config.score_method]
     det.threshold = calibration.calibrate(
-        config.threshold_method if config.threshold_method != "f1_max" else "percentile",
+        config.threshold_method,
         normal,
         percentile=config.threshold_percentile,
         target_fpr=config.target_fpr,

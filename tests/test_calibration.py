@@ -69,3 +69,14 @@ def test_pixel_threshold_from_normal_maps():
     maps = np.random.default_rng(0).random((10, 100, 100)).astype(np.float32)
     thr = cal.pixel_threshold(maps, 99.0)
     assert 0.009 <= (maps > thr).mean() <= 0.0101
+
+
+def test_training_config_refuses_f1_max_and_logs_the_method_used():
+    from pydantic import ValidationError
+
+    from model.config import TrainConfig
+
+    with pytest.raises(ValidationError, match="f1_max' needs labelled defects"):
+        TrainConfig(threshold_method="f1_max")
+    cfg = TrainConfig(threshold_method="fpr", target_fpr=0.1)
+    assert cfg.params()["threshold_method"] == "fpr"

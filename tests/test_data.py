@@ -625,3 +625,43 @@ def test_real_mvtec_bottle() -> None:
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 0
     m = load_mask(sample.mask_path, 64, expected_size=(900, 900))
     assert m.shape == (64, 64) and m.any() and not m.all()
+
+
+def test_plain_folder_skips_test_ground_truth_and_masks_and_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "capture"
+    rgb(folder / "a.png")
+    rgb(folder / "day2" / "b.png")
+    rgb(folder / "test" / "broken" / "000.png")
+    rgb(folder / "day2" / "Ground_Truth" / "broken" / "000_mask.png")
+    mask(folder / "c_mask.png")
+    ds = scan_folder(folder)
+    assert rel(ds.train, folder) == ["a.png", "day2/b.png"]
+    skipped = sorted(str(e.path.relative_to(folder)) for e in ds.skipped)
+    assert skipped == ["c_mask.png", "day2/Ground_Truth", "test"]
+    report = validate_dataset(ds)
+    assert report.ok
+    assert "skipped 3" in report.summary() and "c_mask.png" in report.summary()
+    assert {d["path"].rsplit("/", 1)[-1] for d in report.to_dict()["skipped"]} == {"c_mask.png", "Ground_Truth", "test"}
+
+
+def test_plain_folder_refuses_an_mvtec_category_folder(tmp_path: Path) -> None:
+    rgb(tmp_path / "bottle" / "train" / "good" / "000.png")
+    rgb(tmp_path / "bottle" / "test" / "good" / "000.png")
+    with pytest.raises(DataError, match="category folder .* pass its parent"):
+        scan_folder(tmp_path / "bottle")
+
+
+def test_mistyped_category_in_an_mvtec_root_is_an_error_never_a_plain_folder(tmp_path: Path) -> None:
+    from model.pipeline import load_dataset
+
+    for cat in ("bottle", "cable"):
+        rgb(tmp_path / cat / "train" / "good" / "000.png")
+        rgb(tmp_path / cat / "test" / "broken" / "000.png")
+        mask(tmp_path / cat / "ground_truth" / "broken" / "000_mask.png")
+    assert D.mvtec_categories(tmp_path) == ["bottle", "cable"]
+    with pytest.raises(DataError, match=r"categories bottle, cable; did you mean 'bottle'\?") as err:
+        load_dataset(tmp_path, "Bottle")
+    assert err.value.path == tmp_path / "Bottle"
+    with pytest.raises(DataError, match="categories bottle, cable$"):
+        load_dataset(tmp_path, "screw")
+    assert load_dataset(tmp_path, "bottle").layout == "mvtec"
