@@ -92,7 +92,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         alias=args.alias, threshold=args.threshold, batch_size=args.batch_size,
     )
     print(f"{args.model} v{result['model_version']}: NORMAL {result['NORMAL']}, DEFECT {result['DEFECT']}, "
-          f"ERROR {result['ERROR']} (skipped {result['skipped']} already inspected); results in {args.output / 'results.csv'}")
+          f"ERROR {result['ERROR']} ({result['duplicates']} of them duplicate content with a copied verdict; "
+          f"skipped {result['skipped']} already inspected); results in {args.output / 'results.csv'}")
     return 0
 
 

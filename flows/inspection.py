@@ -59,4 +59,4 @@ def batch_inspection(
         summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size)
     publish_inspection(model, summary, Path(output_dir), threshold)
     return {"model_version": model.version, **summary.counts(), "inspected": summary.inspected,
-            "skipped": summary.skipped, "images_per_second": summary.images_per_second}
+            "duplicates": summary.duplicates, "skipped": summary.skipped, "images_per_second": summary.images_per_second}

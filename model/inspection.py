@@ -1,8 +1,10 @@
 """Batch inspection bookkeeping: the inbox, the results ledger and the defect figures.
 
-Guarantees (the factory's, not the model's): every image gets exactly one row per model
-version, keyed by content hash, so reruns skip finished work and a run killed at any point
-resumes without loss or duplicates. Rows are appended whole with one write on an O_APPEND
+Guarantees (the factory's, not the model's): every file gets exactly one row per model
+version under its own path, keyed by (path, content hash), so reruns skip finished work and a
+run killed at any point resumes without loss or duplicates. Content is scored once per model
+version: a file whose bytes equal an already-scored file's gets that verdict copied, with
+`duplicate_of` naming the scored file. Rows are appended whole with one write on an O_APPEND
 descriptor and fsynced per batch; a torn last line left by a crash is cut off before the
 next append. One run at a time holds the output folder's lock, so two runs on the same
 inbox never inspect the same image twice.
@@ -10,7 +12,8 @@ inbox never inspect the same image twice.
 Sharded runs (scoring spread over Dask workers) keep these guarantees by keeping one writer:
 the run holding the lock plans the pending files once (`plan_pending`), workers score shards
 into a `RowBuffer` with the same `inspect_files`, and the writer appends each shard's rows
-through `append_new`, which drops any key already written.
+through `append_new`, which drops any key already written; copies of duplicate content are
+written by the writer once their original's verdict is in.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import io
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +37,9 @@ from model.data import IMAGE_EXTENSIONS, display_path
 RESULTS_FILE = "results.csv"
 LOCK_FILE = ".inspection.lock"
 FIGURES_DIR = "defects"
-FIELDS = ("path", "sha256", "score", "decision", "threshold", "model_name", "model_version", "inspected_at", "error")
+FIELDS = ("path", "sha256", "score", "decision", "threshold", "model_name", "model_version", "inspected_at", "error", "duplicate_of")
+# results.csv written before duplicate_of existed: upgraded in place (under the lock) on first use.
+_LEGACY_FIELDS = FIELDS[:-1]
 ERROR = "ERROR"
 
 
@@ -97,6 +102,18 @@ class Row:
     model_version: str
     inspected_at: str
     error: str = ""
+    duplicate_of: str = ""  # path of the file whose verdict this row copies (same content)
+
+    @classmethod
+    def from_record(cls, r: dict[str, str]) -> "Row":
+        """A row read back from results.csv."""
+        return cls(r["path"], r["sha256"], float(r["score"]) if r["score"] else None, r["decision"], float(r["threshold"]),
+                   r["model_name"], r["model_version"], r["inspected_at"], r["error"], r.get("duplicate_of") or "")
+
+    def copy_for(self, item: "Item") -> "Row":
+        """This verdict under another file with the same content."""
+        return Row(item.rel, item.sha256, self.score, self.decision, self.threshold, self.model_name, self.model_version,
+                   now_iso(), self.error, self.duplicate_of or self.path)
 
     def line(self) -> bytes:
         buf = io.StringIO()
@@ -104,7 +121,7 @@ class Row:
         # QUOTE_ALL: a name holding \r or \n stays one quoted field, never a second row.
         csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(
             [self.path, self.sha256, score, self.decision, f"{self.threshold:.8g}", self.model_name,
-             self.model_version, self.inspected_at, self.error.replace("\n", " ")]
+             self.model_version, self.inspected_at, self.error.replace("\n", " "), self.duplicate_of]
         )
         return buf.getvalue().encode("utf-8")
 
@@ -139,9 +156,10 @@ class Ledger:
         try:
             real_dir(self.dir / FIGURES_DIR, create=False)
             self._repair()
+            self._upgrade_legacy()
             self._fd = _open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             if os.fstat(self._fd).st_size == 0:
-                self._append_bytes(b",".join(f.encode() for f in FIELDS) + b"\n", "cannot write the header")
+                self._append_bytes(_header_line(), "cannot write the header")
         except BaseException:
             self.__exit__()
             raise
@@ -169,6 +187,31 @@ class Ledger:
             if end < len(data):
                 fh.truncate(end)
 
+    def _upgrade_legacy(self) -> None:
+        """Rewrite a results.csv from before `duplicate_of` with the current header (atomic
+        replace, every row kept); refuse a file whose header is not ours."""
+        try:
+            fd = _open_no_follow(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        with os.fdopen(fd, "rb") as fh:
+            header = fh.readline().rstrip(b"\r\n").decode("utf-8", "replace").split(",")
+        if header == [""] or tuple(header) == FIELDS:
+            return
+        if tuple(header) != _LEGACY_FIELDS:
+            raise ValueError(f"{self.path}: not an anomaflow results file (header {','.join(header)!r}); move it aside")
+        rows = [Row.from_record(r) for r in read_results(self.path)]
+        tmp = self.path.with_name(f".{self.path.name}.upgrade.tmp")
+        try:
+            with os.fdopen(_open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as out:
+                out.write(_header_line() + b"".join(r.line() for r in rows))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"{exc.strerror or exc}: cannot upgrade the header", str(self.path)) from exc
+
     def _append_bytes(self, payload: bytes, what: str) -> None:
         """One write loop plus fsync; a failure (ENOSPC, EIO...) names the file it hit."""
         assert self._fd is not None
@@ -181,9 +224,9 @@ class Ledger:
         except OSError as exc:
             raise OSError(exc.errno, f"{exc.strerror or exc}: {what}", str(self.path)) from exc
 
-    def done_keys(self) -> set[tuple[str, str, str]]:
-        """(sha256, model_name, model_version) of every complete row."""
-        return {(r["sha256"], r["model_name"], r["model_version"]) for r in read_results(self.path)}
+    def written_rows(self) -> list[Row]:
+        """Every complete row written so far."""
+        return [Row.from_record(r) for r in read_results(self.path)]
 
     def append(self, rows: list[Row]) -> None:
         if rows:
@@ -198,18 +241,25 @@ class RowBuffer:
         self.dir = Path(output_dir)
         self.rows: list[Row] = []
 
-    def done_keys(self) -> set[tuple[str, str, str]]:
-        return set()  # the writer filtered done keys before sharding
+    def written_rows(self) -> list[Row]:
+        return []  # the writer filtered done keys before sharding
 
     def append(self, rows: list[Row]) -> None:
         self.rows.extend(rows)
 
 
-def row_key(row: Row) -> tuple[str, str, str]:
-    return row.sha256, row.model_name, row.model_version
+def _header_line() -> bytes:
+    return b",".join(f.encode() for f in FIELDS) + b"\n"
 
 
-def append_new(ledger: Ledger, rows: list[Row], written: set[tuple[str, str, str]]) -> list[Row]:
+RowKey = tuple[str, str, str, str]
+
+
+def row_key(row: Row) -> RowKey:
+    return row.path, row.sha256, row.model_name, row.model_version
+
+
+def append_new(ledger: Ledger, rows: list[Row], written: set[RowKey]) -> list[Row]:
     """Append the rows whose key is not in `written` (and add them to it); returns those rows.
     The writer's last guard: one row per image per model version whatever shards return."""
     new = []
@@ -310,10 +360,10 @@ def save_png_atomic(array: np.ndarray, path: Path) -> None:
 @dataclass
 class InspectionSummary:
     total: int = 0
-    inspected: int = 0
-    skipped: int = 0  # already in results.csv for this model version
-    duplicates: int = 0  # same content as another file in this run
-    normal: int = 0
+    inspected: int = 0  # scored in this run
+    skipped: int = 0  # already in results.csv under the same path for this model version
+    duplicates: int = 0  # rows written with the verdict of a file of the same content
+    normal: int = 0  # NORMAL/DEFECT/ERROR count every row written, duplicates included
     defect: int = 0
     error: int = 0
     seconds: float = 0.0
@@ -329,7 +379,10 @@ class InspectionSummary:
         from model.calibration import DEFECT
 
         for r in rows:
-            self.inspected += 1
+            if r.duplicate_of:
+                self.duplicates += 1
+            else:
+                self.inspected += 1
             if r.decision == ERROR:
                 self.error += 1
             elif r.decision == DEFECT:
@@ -338,32 +391,59 @@ class InspectionSummary:
                 self.normal += 1
 
 
-def triage(files: list[Path], input_dir: Path, done: set[str], seen: set[str], summary: InspectionSummary) -> Iterator[Item]:
-    """Read and hash files; yield those not done for this model version (`done`: their sha256)
-    and not seen earlier in this run, counting the others as skipped or duplicates."""
+@dataclass
+class Known:
+    """What results.csv already holds for one model version, and what this run has scheduled."""
+
+    done: set[tuple[str, str]]  # (path, sha256) with a row
+    verdicts: dict[str, Row]  # sha256 -> the row that scored that content
+    pending: set[str] = field(default_factory=set)  # sha256 scheduled for scoring in this run
+
+    def record(self, rows: list[Row]) -> None:
+        for r in rows:
+            self.done.add((r.path, r.sha256))
+            if not r.duplicate_of:
+                self.verdicts.setdefault(r.sha256, r)
+
+
+def known_for(ledger: Ledger | RowBuffer, model_name: str, model_version: str) -> Known:
+    known = Known(set(), {})
+    known.record([r for r in ledger.written_rows() if (r.model_name, r.model_version) == (model_name, model_version)])
+    return known
+
+
+def triage(files: list[Path], input_dir: Path, known: Known, summary: InspectionSummary) -> tuple[list[Item], list[Item]]:
+    """Read and hash files: (to score, copies). A file whose (path, content) has a row is skipped;
+    one whose content is scored or scheduled already becomes a copy of that verdict."""
+    to_score: list[Item] = []
+    copies: list[Item] = []
     for path in files:
         item = read_item(path, input_dir)
-        if item.sha256 in done:
+        if (item.rel, item.sha256) in known.done:
             summary.skipped += 1
-        elif item.sha256 in seen:
-            summary.duplicates += 1
+        elif item.sha256 in known.verdicts or item.sha256 in known.pending:
+            copies.append(item)
         else:
-            seen.add(item.sha256)
-            yield item
+            known.pending.add(item.sha256)
+            to_score.append(item)
+    return to_score, copies
 
 
-def done_for(ledger: Ledger | RowBuffer, model_name: str, model_version: str) -> set[str]:
-    """sha256 of the images that already have a row for this model version."""
-    return {sha for sha, name, version in ledger.done_keys() if (name, version) == (model_name, model_version)}
+def copy_rows(copies: list[Item], known: Known) -> tuple[list[Row], list[Item]]:
+    """(rows for the copies whose content has a verdict now, the copies still waiting)."""
+    rows = [known.verdicts[c.sha256].copy_for(c) for c in copies if c.sha256 in known.verdicts]
+    return rows, [c for c in copies if c.sha256 not in known.verdicts]
 
 
 @dataclass
 class Plan:
-    """What a sharded run still has to inspect: one file per distinct pending content."""
+    """What a sharded run still has to inspect: one file per distinct pending content, and the
+    files that only copy a verdict (written by the writer once it is in)."""
 
     pending: list[Path]
-    done: set[str]  # sha256 already in results.csv for this model version
-    summary: InspectionSummary  # total, skipped and duplicates filled in
+    copies: list[Item]
+    known: Known
+    summary: InspectionSummary  # total and skipped filled in
 
     def shards(self, size: int) -> list[list[Path]]:
         return list(batches(self.pending, max(1, size)))
@@ -372,8 +452,9 @@ class Plan:
 def plan_pending(files: list[Path], input_dir: Path, ledger: Ledger, *, model_name: str, model_version: str) -> Plan:
     """Hash every file once and keep the ones still to inspect (same rules as inspect_files)."""
     summary = InspectionSummary(total=len(files))
-    done = done_for(ledger, model_name, model_version)
-    return Plan([item.path for item in triage(files, input_dir, done, set(), summary)], done, summary)
+    known = known_for(ledger, model_name, model_version)
+    to_score, copies = triage(files, input_dir, known, summary)
+    return Plan([item.path for item in to_score], copies, known, summary)
 
 
 def score_items(
@@ -427,15 +508,18 @@ def inspect_files(
     write_figures: bool = True,
     progress=None,  # callable(done, total)
 ) -> InspectionSummary:
-    """Inspect every file not yet in the ledger for this model version; one row each."""
+    """Give every file not yet in the ledger for this model version its row: scored once per
+    distinct content, a copy of that verdict (naming its file) for each duplicate."""
     t0 = time.perf_counter()
     summary = InspectionSummary(total=len(files))
-    done = done_for(ledger, model_name, model_version)
-    seen: set[str] = set()
+    known = known_for(ledger, model_name, model_version)
     for chunk in batches(files, batch_size):
-        items = list(triage(chunk, input_dir, done, seen, summary))
+        items, copies = triage(chunk, input_dir, known, summary)
         rows = score_items(detector, items, ledger.dir, threshold=threshold, model_name=model_name,
                            model_version=model_version, write_figures=write_figures)
+        known.record(rows)
+        copied, _ = copy_rows(copies, known)  # originals are in this chunk or an earlier one
+        rows += copied
         ledger.append(rows)
         summary.add(rows)
         if progress:

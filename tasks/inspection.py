@@ -147,8 +147,8 @@ def run_shards(model: ModelRef, input_dir: Path, output_dir: Path, threshold: fl
         summary = plan.summary
         shards = plan.shards(shard_size)
         log.info("%d images in %s: %d to inspect in %d shards, %d already done, %d duplicate content",
-                 len(files), input_dir, len(plan.pending), len(shards), summary.skipped, summary.duplicates)
-        written = {(sha, model.name, model.version) for sha in plan.done}
+                 len(files), input_dir, len(plan.pending), len(shards), summary.skipped, len(plan.copies))
+        written = {(path, sha, model.name, model.version) for path, sha in plan.known.done}
         futures = [inspect_shard.submit(model, [str(f) for f in shard], str(input_dir), str(output_dir), threshold, batch_size, threads)
                    for shard in shards]
         failures: list[BaseException] = []
@@ -159,9 +159,14 @@ def run_shards(model: ModelRef, input_dir: Path, output_dir: Path, threshold: fl
                 failures.append(exc)
                 continue
             new = inspection.append_new(ledger, rows, written)
+            plan.known.record(new)
             summary.add(new)
-            summary.duplicates += len(rows) - len(new)  # content changed to an already-written one since planning
             log.info("inspected %d/%d", summary.inspected, len(plan.pending))
+        # Duplicates copy their original's verdict; those of a failed shard wait for the rerun.
+        copied, waiting = inspection.copy_rows(plan.copies, plan.known)
+        summary.add(inspection.append_new(ledger, copied, written))
+        if waiting:
+            log.warning("%d duplicate(s) of content in failed shards get their rows on the rerun", len(waiting))
     summary.seconds = time.perf_counter() - t0
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(futures)} shards failed; the other shards' rows are in results.csv") from failures[0]
@@ -176,7 +181,7 @@ def publish_inspection(model: ResolvedModel, summary: inspection.InspectionSumma
     md = "\n".join([
         f"# Batch inspection with {model.name} v{model.version} ({model.alias})",
         "",
-        f"- images in inbox: {summary.total}; inspected now: {summary.inspected}; already done: {summary.skipped}; duplicate content: {summary.duplicates}",
+        f"- images in inbox: {summary.total}; scored now: {summary.inspected}; duplicate content (verdict copied): {summary.duplicates}; already done: {summary.skipped}",
         f"- NORMAL {summary.normal}, DEFECT {summary.defect}, ERROR {summary.error}",
         f"- threshold: {threshold if threshold is not None else model.detector.threshold:.6g}" + (" (override)" if threshold is not None else ""),
         f"- throughput: {summary.images_per_second:.1f} images/s over {summary.seconds:.1f}s",

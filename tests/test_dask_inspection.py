@@ -23,13 +23,13 @@ NAME = "anomaflow-dask"
 COMPARED = [f for f in inspection.FIELDS if f != "inspected_at"]
 
 
-def row(sha: str, version: str = "1") -> inspection.Row:
-    return inspection.Row(f"{sha}.png", sha, 0.5, "NORMAL", 1.0, "m", version, inspection.now_iso())
+def row(sha: str, version: str = "1", path: str | None = None) -> inspection.Row:
+    return inspection.Row(path or f"{sha}.png", sha, 0.5, "NORMAL", 1.0, "m", version, inspection.now_iso())
 
 
 def test_append_new_drops_keys_already_written(tmp_path):
     with inspection.Ledger(tmp_path) as ledger:
-        written = {("a", "m", "1")}
+        written = {("a.png", "a", "m", "1")}
         new = inspection.append_new(ledger, [row("a"), row("b"), row("b"), row("a", version="2")], written)
     assert [(r.sha256, r.model_version) for r in new] == [("b", "1"), ("a", "2")]
     assert [(r["sha256"], r["model_version"]) for r in inspection.read_results(tmp_path / "results.csv")] == [("b", "1"), ("a", "2")]
@@ -42,10 +42,11 @@ def test_plan_skips_done_and_duplicate_content(tmp_path):
         Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(inbox / name)
     files = inspection.list_inbox(inbox)
     with inspection.Ledger(tmp_path / "out") as ledger:
-        ledger.append([row(inspection.sha256_file(inbox / "a.png")[0])])
+        ledger.append([row(inspection.sha256_file(inbox / "a.png")[0], path="a.png")])
         plan = inspection.plan_pending(files, inbox, ledger, model_name="m", model_version="1")
     assert [p.name for p in plan.pending] == ["b.png", "c.png"]
-    assert (plan.summary.total, plan.summary.skipped, plan.summary.duplicates) == (4, 1, 1)
+    assert [c.rel for c in plan.copies] == ["b_copy.png"]  # written by the writer with b.png's verdict
+    assert (plan.summary.total, plan.summary.skipped) == (4, 1)
     assert [[p.name for p in s] for s in plan.shards(1)] == [["b.png"], ["c.png"]]
 
 
@@ -161,14 +162,18 @@ def test_dask_runs_match_the_in_process_run_and_resume(registered, demo_root, tm
                             dask_workers=2, shard_size=4)
 
     expected, got = results_by_path(tmp_path / "local"), results_by_path(tmp_path / "dask")
-    assert len(expected) == 31  # 30 images + broken; the duplicate content is inspected once
+    assert len(expected) == 32  # 30 images + broken + the duplicate, which copies part_0000's verdict
+    assert expected["sub/same_as_0.png"][COMPARED.index("duplicate_of")] == "part_0000.png"
     assert got == expected  # same rows, same scores (as written, 8 digits), same decisions
-    assert {k: dask[k] for k in ("NORMAL", "DEFECT", "ERROR", "inspected")} == {k: local[k] for k in ("NORMAL", "DEFECT", "ERROR", "inspected")}
+    assert {k: dask[k] for k in ("NORMAL", "DEFECT", "ERROR", "inspected", "duplicates")} == {k: local[k] for k in ("NORMAL", "DEFECT", "ERROR", "inspected", "duplicates")}
+    assert (dask["inspected"], dask["duplicates"]) == (31, 1)  # the duplicate content is scored once
     assert dask["DEFECT"] > 0 and dask["NORMAL"] > 0 and dask["ERROR"] == 1
     defects = sorted(p.name for p in (tmp_path / "dask" / "defects").iterdir())
-    assert defects == sorted(p.name for p in (tmp_path / "local" / "defects").iterdir()) and len(defects) == 2 * dask["DEFECT"]
+    assert defects == sorted(p.name for p in (tmp_path / "local" / "defects").iterdir()) 
+    defect_contents = {r["sha256"] for r in inspection.read_results(tmp_path / "dask" / "results.csv") if r["decision"] == "DEFECT"}
+    assert len(defects) == 2 * len(defect_contents)  # one heat map and overlay per content
     raw = (tmp_path / "dask" / "results.csv").read_bytes()
-    assert raw.count(b"\n") == 32 and raw.endswith(b"\n")  # header + 31 whole lines
+    assert raw.count(b"\n") == 33 and raw.endswith(b"\n")  # header + 32 whole lines
 
     # Resumable, on a standalone scheduler named by the environment: only 5 new images are inspected.
     make_inbox(demo_root, tmp_path / "more", 35)
@@ -177,7 +182,7 @@ def test_dask_runs_match_the_in_process_run_and_resume(registered, demo_root, tm
     monkeypatch.setenv("ANOMAFLOW_DASK_ADDRESS", standalone_dask)
     more = batch_inspection(input_dir=str(inbox), output_dir=str(tmp_path / "dask"), model_name=NAME, shard_size=2)
     assert more["inspected"] == 5 and more["skipped"] == 32
-    assert len(results_by_path(tmp_path / "dask")) == 36
+    assert len(results_by_path(tmp_path / "dask")) == 37
     with Client(standalone_dask) as client:  # the 3 shards (2 + 2 + 1 images) ran on that scheduler's worker
         finished = client.run_on_scheduler(lambda dask_scheduler: sum(
             tp.state_counts.get("memory", 0) for tp in dask_scheduler.task_prefixes.values()))

@@ -116,10 +116,51 @@ def test_row_torn_inside_a_quoted_newline_is_repaired(detector, inbox, tmp_path)
     assert sorted(r["path"] for r in rows) == sorted(p.name for p in inbox.iterdir())
 
 
-def test_duplicate_content_inspected_once(detector, inbox, tmp_path):
-    shutil.copy(inbox / "img 0.png", inbox / "copy.png")
-    s = run(detector, inbox, tmp_path / "out")
-    assert s.duplicates == 1 and len(inspection.read_results(tmp_path / "out" / "results.csv")) == 6
+def test_identical_files_under_two_names_each_get_a_row_scored_once(detector, inbox, tmp_path, monkeypatch):
+    shutil.copy(inbox / "img 0.png", inbox / "x copy.png")
+    shutil.copy(inbox / "img 5.png", inbox / "z late copy.png")  # its original is in an earlier batch
+    scored: list[int] = []
+    real_score = detector.score
+    monkeypatch.setattr(detector, "score", lambda images: scored.append(len(images)) or real_score(images))
+    out = tmp_path / "out"
+    s = run(detector, inbox, out, batch_size=3)
+    rows = {r["path"]: r for r in inspection.read_results(out / "results.csv")}
+    assert sorted(rows) == sorted(p.name for p in inbox.iterdir())  # every file, under its own path
+    assert sum(scored) == 6 and s.inspected == 6 and s.duplicates == 2  # distinct content scored once
+    assert (s.defect, s.normal, s.error) == (8, 0, 0)
+    for copy, original in (("x copy.png", "img 0.png"), ("z late copy.png", "img 5.png")):
+        assert rows[copy]["duplicate_of"] == original
+        assert (rows[copy]["score"], rows[copy]["decision"], rows[copy]["sha256"]) == (
+            rows[original]["score"], rows[original]["decision"], rows[original]["sha256"])
+    assert all(rows[n]["duplicate_of"] == "" for n in rows if n not in ("x copy.png", "z late copy.png"))
+
+    again = run(detector, inbox, out)  # resuming is idempotent
+    assert (again.inspected, again.duplicates, again.skipped) == (0, 0, 8) and len(inspection.read_results(out / "results.csv")) == 8
+    shutil.copy(inbox / "img 1.png", inbox / "renamed later.png")  # content scored by an earlier run
+    later = run(detector, inbox, out)
+    assert (later.inspected, later.duplicates, later.skipped) == (0, 1, 8) and sum(scored) == 6
+    rows = {r["path"]: r for r in inspection.read_results(out / "results.csv")}
+    assert rows["renamed later.png"]["duplicate_of"] == "img 1.png" and len(rows) == 9
+
+
+def test_a_results_file_from_before_duplicate_of_is_upgraded_without_loss(detector, inbox, tmp_path):
+    out = tmp_path / "out"
+    run(detector, inbox, out)
+    csv_path = out / "results.csv"
+    before = inspection.read_results(csv_path)
+    legacy = [",".join(inspection.FIELDS[:-1])] + [
+        ",".join(f'"{r[k]}"' for k in inspection.FIELDS[:-1]) for r in before]
+    csv_path.write_text("\n".join(legacy) + "\n")
+    shutil.copy(inbox / "img 2.png", inbox / "copy.png")
+    s = run(detector, inbox, out)
+    after = inspection.read_results(csv_path)
+    assert list(after[0]) == list(inspection.FIELDS) and (s.skipped, s.duplicates) == (6, 1)
+    assert [{k: r[k] for k in inspection.FIELDS[:-1]} for r in after[:6]] == [{k: r[k] for k in inspection.FIELDS[:-1]} for r in before]
+    assert after[6]["path"] == "copy.png" and after[6]["duplicate_of"] == "img 2.png"
+    csv_path.write_text("name,verdict\na.png,ok\n")
+    with pytest.raises(ValueError, match="not an anomaflow results file"):
+        run(detector, inbox, out)
+    assert csv_path.read_text() == "name,verdict\na.png,ok\n"
 
 
 def test_inbox_listing_skips_links_that_leave_the_folder(inbox, tmp_path):
