@@ -71,7 +71,7 @@ def train_pipeline(
                 "iou_per_defect": evaluated.evaluation.iou_table if evaluated else [],
                 "per_image_scores": evaluated.evaluation.per_image if evaluated else [],
             },
-            checkpoints={k: p for k, p in {"best": model_dir / "weights.pt", "last": model_dir / "last.pt"}.items() if p.exists()},
+            checkpoints={"final": p for p in [model_dir / "weights.pt"] if p.exists()},
             files={"validation": write_json(validated.report.to_dict(), work / "validation.json"), "history": work / "history.json", "config": work / "config.json"},
         )
         run_id = tracking.log_run_task(record, finish=not register_model)

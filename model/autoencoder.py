@@ -2,11 +2,12 @@
 
 CPU-first: a small strided encoder down to an 8x8 bottleneck (narrow enough that it cannot
 simply copy its input), a mirrored upsampling decoder, seeded training with per-epoch
-progress, and the best weights chosen on held-out *normal* loss (never on test labels).
+progress. The weights of the last epoch are kept: the held-out normal loss is logged per epoch to
+watch training but chooses nothing, so the same held-out images can calibrate the thresholds
+without having selected the model first (a selected epoch looks best on exactly those images).
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -21,7 +22,6 @@ from model.detector import Detector, ProgressFn, save_torch_atomic, to_tensor
 from model.scoring import gaussian_blur, residual_map, ssim_map
 
 WEIGHTS_FILE = "weights.pt"
-LAST_WEIGHTS_FILE = "last.pt"
 BOTTLENECK = 8  # spatial size of the latent map
 
 
@@ -99,7 +99,6 @@ class AutoencoderDetector(Detector):
         self.seed = seed
         torch.manual_seed(seed)
         self.net = ConvAutoencoder(self.config.image_size, self.config.base_channels, self.config.latent_channels)
-        self.last_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
 
     # -- training ------------------------------------------------------------------------
@@ -123,7 +122,6 @@ class AutoencoderDetector(Detector):
         gen = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.learning_rate * 0.05)
-        best_loss, best_state = math.inf, None
         self.history = []
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -146,16 +144,9 @@ class AutoencoderDetector(Detector):
             if xv is not None:
                 rec["val_loss"] = self._loss_on(xv)
             rec["seconds"] = time.perf_counter() - t0
-            select = rec["val_loss"] if rec["val_loss"] is not None else rec["train_loss"]
-            if select < best_loss:
-                best_loss, best_state = select, copy.deepcopy(self.net.state_dict())
-                rec["best"] = True
             self.history.append(rec)
             if progress:
                 progress(rec)
-        self.last_state = copy.deepcopy(self.net.state_dict())
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
         self.net.eval()
         return self.history
 
@@ -190,8 +181,6 @@ class AutoencoderDetector(Detector):
 
     def _save_weights(self, directory: Path) -> None:
         save_torch_atomic(self.net.state_dict(), directory / WEIGHTS_FILE)
-        if self.last_state is not None:
-            save_torch_atomic(self.last_state, directory / LAST_WEIGHTS_FILE)
 
     def _load_weights(self, directory: Path) -> None:
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)

@@ -86,7 +86,7 @@ def test_save_load_roundtrip_weights_only(tmp_path, monkeypatch):
     det.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "detector.json").read_text())
     assert meta["family"] == "autoencoder" and meta["threshold"] == 0.123 and meta["image_size"] == 64
-    assert (tmp_path / "m" / "last.pt").is_file()
+    assert (tmp_path / "m" / "weights.pt").is_file() and not (tmp_path / "m" / "last.pt").exists()
 
     calls = []
     real_load = torch.load
@@ -109,3 +109,15 @@ def test_load_rejects_non_model_dir(tmp_path):
     (tmp_path / "detector.json").write_text(json.dumps({"format_version": 1, "family": "nope"}))
     with pytest.raises(ValueError, match="unknown detector family"):
         load_detector(tmp_path)
+
+
+def test_held_out_normals_are_monitored_but_choose_nothing():
+    """The held-out images calibrate the thresholds, so they must not also pick the epoch."""
+    x, holdout = _images(8, 64), _images(4, 64, seed=5)
+    with_holdout = AutoencoderDetector(_cfg(epochs=3), seed=2)
+    history = with_holdout.fit(x, holdout, progress=None)
+    without = AutoencoderDetector(_cfg(epochs=3), seed=2)
+    without.fit(x, progress=None)
+    assert all(h["val_loss"] is not None for h in history) and len(history) == 3
+    for (name, a), b in zip(with_holdout.net.state_dict().items(), without.net.state_dict().values()):
+        assert torch.equal(a, b), name
