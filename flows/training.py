@@ -45,13 +45,14 @@ def train_pipeline(
         holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal")
         thresholds = calibrate_threshold(trained.detector, config, holdout)
         test, rate = score_images(trained.detector, arrays.test, "test")
-        evaluated = evaluate(trained.detector, arrays, test, config.score_method, work) if len(arrays.test) else None
+        evaluated = evaluate(trained.detector, arrays, test, config.score_method, work, config.gate_fraction) if len(arrays.test) else None
 
-        metrics: dict[str, Any] = dict(evaluated.evaluation.metrics) if evaluated else {}
+        metrics: dict[str, Any] = {**evaluated.evaluation.metrics, **evaluated.gate} if evaluated else {}
         metrics.update(thresholds, train_seconds=trained.train_seconds, inference_images_per_second=rate)
         model_dir = trained.detector.save(work / "model")
         write_json(trained.history, work / "history.json")
         write_json(config.model_dump(mode="json"), work / "config.json")
+        split_file = {"evaluation_split": write_json(evaluated.split, work / "evaluation_split.json")} if evaluated else {}
         record = tracking.RunRecord(
             experiment=config.experiment,
             run_name=validated.dataset.category,
@@ -64,6 +65,9 @@ def train_pipeline(
                 "anomaflow.version": tracking.anomaflow_version(),
                 "anomaflow.detector": config.detector,
                 "anomaflow.category": validated.dataset.category,
+                "anomaflow.evaluation_split": (f"reported on {len(evaluated.split['report'])} test images; promotion gate on "
+                                               f"{len(evaluated.split['gate'])} others (seeded partition, gate_fraction {config.gate_fraction})")
+                if evaluated else "no test split",
                 "prefect.flow_run_id": str(flow_run.id),
             },
             figures={**(evaluated.figures if evaluated else {}), "dataset_samples": validated.sample_grid},
@@ -72,7 +76,8 @@ def train_pipeline(
                 "per_image_scores": evaluated.evaluation.per_image if evaluated else [],
             },
             checkpoints={"final": p for p in [model_dir / "weights.pt"] if p.exists()},
-            files={"validation": write_json(validated.report.to_dict(), work / "validation.json"), "history": work / "history.json", "config": work / "config.json"},
+            files={"validation": write_json(validated.report.to_dict(), work / "validation.json"), "history": work / "history.json",
+                   "config": work / "config.json", **split_file},
         )
         run_id = tracking.log_run_task(record, finish=not register_model)
         example = (arrays.fit_samples[0].path if arrays.fit_samples else None)

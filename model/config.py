@@ -113,6 +113,9 @@ class TrainConfig(BaseModel):
         None, gt=0, le=100, description="of held-out normal map values; None = the family's (autoencoder 99.5, patchcore 99.99)"
     )
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="train/good share held out for calibration")
+    gate_fraction: float = Field(
+        0.3, ge=0, lt=1, description="test share set aside for the promotion gate (seeded, stratified); reported metrics come from the rest"
+    )
     seed: int = 0
     num_threads: int | None = Field(None, ge=1, description="torch threads; None = all cores")
     cache_dir: str | None = Field(None, description="disk cache of decoded, resized images")

@@ -51,6 +51,7 @@ import io
 import os
 import tempfile
 import warnings
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -78,6 +79,7 @@ __all__ = [
     "mvtec_categories",
     "open_image",
     "open_mask",
+    "partition_test",
     "scan_folder",
     "scan_mvtec",
     "split_train",
@@ -676,6 +678,35 @@ def split_train(
     fit = [s for i, s in enumerate(ordered) if i not in hold_idx]
     holdout = [s for i, s in enumerate(ordered) if i in hold_idx]
     return fit, holdout
+
+
+GATE_SEED: int = 1729
+"""Seed of the test partition for the promotion gate: fixed, not the run's seed, so every
+training and retraining of a dataset is gated on the same images."""
+
+
+def partition_test(samples: Sequence[Sample], gate_fraction: float, seed: int = GATE_SEED) -> np.ndarray:
+    """Boolean mask over `samples`: True for the gate part of the test split, False for the
+    reported part. Stratified by defect type (good included) so both parts hold every type;
+    round(n * fraction) per type, always leaving one for the report. Independent of input order.
+
+    The promotion gate compares champion and challenger on the gate part only, so the numbers
+    a run reports never drift upward by selecting on them.
+    """
+    if not 0.0 <= gate_fraction < 1.0:
+        raise ValueError(f"gate_fraction must be in [0, 1), got {gate_fraction}")
+    gate = np.zeros(len(samples), dtype=bool)
+    if gate_fraction == 0.0:
+        return gate
+    by_type: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_type.setdefault(s.defect, []).append(i)
+    for defect, members in by_type.items():
+        idx = sorted(members, key=lambda i: str(samples[i].path))
+        n_gate = min(int(round(len(idx) * gate_fraction)), len(idx) - 1)
+        rng = np.random.default_rng([seed, zlib.crc32(defect.encode("utf-8", "surrogateescape"))])  # per type
+        gate[[idx[j] for j in rng.permutation(len(idx))[:n_gate]]] = True
+    return gate
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,6 +81,20 @@ class Arrays:
     fit_samples: list[data.Sample]
     holdout_samples: list[data.Sample]
     test_samples: list[data.Sample]
+    test_gate: np.ndarray | None = None  # True: the promotion gate's part of the test split
+
+    def test_part(self, gate: bool) -> tuple["Arrays", np.ndarray]:
+        """(these arrays with only the gate or only the reported part of the test split, its index)."""
+        in_gate = self.test_gate if self.test_gate is not None else np.zeros(len(self.test_samples), bool)
+        idx = np.flatnonzero(in_gate == gate)
+        part = Arrays(self.fit, self.holdout, self.test[idx], self.test_masks[idx], self.fit_samples,
+                      self.holdout_samples, [self.test_samples[i] for i in idx], in_gate[idx])
+        return part, idx
+
+
+def take(result: ScoreResult, idx: np.ndarray) -> ScoreResult:
+    """The rows `idx` of a scored batch."""
+    return ScoreResult(result.maps[idx], {k: v[idx] for k, v in result.scores.items()})
 
 
 def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None] = print) -> Arrays:
@@ -92,8 +106,10 @@ def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None
     holdout = data.load_images(hold_s, size, cache)
     test = data.load_images(ds.test, size, cache) if ds.test else np.zeros((0, size, size, 3), np.uint8)
     masks = data.load_masks(ds.test, size, cache) if ds.test else np.zeros((0, size, size), bool)
-    log(f"loaded {len(fit)} fit, {len(holdout)} held-out normal, {len(test)} test images at {size}px in {time.perf_counter() - t0:.1f}s")
-    return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test))
+    gate = data.partition_test(ds.test, config.gate_fraction)
+    log(f"loaded {len(fit)} fit, {len(holdout)} held-out normal, {len(test)} test images ({int(gate.sum())} of them for the "
+        f"promotion gate only) at {size}px in {time.perf_counter() - t0:.1f}s")
+    return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test), gate)
 
 
 def build_detector(config: TrainConfig) -> Detector:
@@ -145,15 +161,34 @@ def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, scor
     )
 
 
-def evaluate_detector(det: Detector, ds: data.Dataset, cache_dir: str | None = None) -> Evaluation:
-    """Score a (loaded) detector on a dataset's test split with its own size and thresholds."""
-    if not ds.test:
-        raise ValueError(f"dataset {ds.category} has no test split to evaluate on")
+def evaluate_detector(det: Detector, ds: data.Dataset, gate_fraction: float, cache_dir: str | None = None) -> Evaluation:
+    """Score a (loaded) detector on the promotion gate's part of a dataset's test split (the
+    partition `gate_fraction` gives) with its own size and thresholds."""
+    samples = [s for s, g in zip(ds.test, data.partition_test(ds.test, gate_fraction)) if g]
+    if not samples:
+        raise ValueError(f"dataset {ds.category} has no gate part of the test split to evaluate on (gate_fraction={gate_fraction}, {len(ds.test)} test images)")
     cache = data.ImageCache(cache_dir)
-    images = data.load_images(ds.test, det.image_size, cache)
-    masks = data.load_masks(ds.test, det.image_size, cache)
-    arrays = Arrays(images[:0], images[:0], images, masks, [], [], list(ds.test))
+    images = data.load_images(samples, det.image_size, cache)
+    masks = data.load_masks(samples, det.image_size, cache)
+    arrays = Arrays(images[:0], images[:0], images, masks, [], [], samples)
     return evaluate_split(det, arrays, det.score(images), det.score_method)
+
+
+GATE_METRICS = ("image_auroc", "image_auroc_mean", "image_auroc_max", "image_auroc_smoothed_max", "pixel_auroc", "pixel_aupro", "pixel_iou")
+
+
+def gate_metrics(ev: Evaluation) -> dict[str, float]:
+    """The metrics the promotion gate may compare, under gate_* names (kept apart from the reported ones)."""
+    return {f"gate_{k}": ev.metrics[k] for k in GATE_METRICS if k in ev.metrics}
+
+
+def evaluation_split(arrays: Arrays, gate_fraction: float) -> dict[str, Any]:
+    """Which test images were reported and which only gated promotion (logged with the run)."""
+    report, _ = arrays.test_part(gate=False)
+    gate, _ = arrays.test_part(gate=True)
+    return {"method": "seeded stratified partition of the test split", "gate_fraction": gate_fraction, "seed": data.GATE_SEED,
+            "report": [data.display_path(s.path) for s in report.test_samples],
+            "gate": [data.display_path(s.path) for s in gate.test_samples]}
 
 
 def write_json(obj: Any, path: Path) -> Path:

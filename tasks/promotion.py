@@ -14,10 +14,13 @@ from model.promotion import PromotionDecision, decide_promotion
 from tasks import tracking
 from tasks.reporting import artifact_key
 
+GATE_SPLIT = "the gate part of the test split (seeded partition; the run's reported metrics use the other part)"
+
 
 @task(name="evaluate_champion", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
 def evaluate_champion(config: TrainConfig) -> tuple[str | None, dict[str, float] | None]:
-    """(version, metrics) of the current champion on the challenger's evaluation split."""
+    """(version, metrics) of the current champion on the gate part of the test split: the same
+    seeded partition the challenger's gate_* metrics come from."""
     tracking.configure()
     version = tracking.resolve_alias(config.model_name, tracking.CHAMPION)
     if version is None:
@@ -26,8 +29,8 @@ def evaluate_champion(config: TrainConfig) -> tuple[str | None, dict[str, float]
     det = tracking.load_registered_detector(config.model_name, version)
     root, category = pipeline.resolve_data_root(config)
     ds = pipeline.load_dataset(root, category)
-    metrics = pipeline.evaluate_detector(det, ds, config.cache_dir).metrics
-    get_run_logger().info("champion v%s on %s: %s", version, category, {k: round(v, 4) for k, v in metrics.items() if k.startswith(("image_auroc", "pixel_"))})
+    metrics = pipeline.evaluate_detector(det, ds, config.gate_fraction, config.cache_dir).metrics
+    get_run_logger().info("champion v%s on the gate part of %s: %s", version, category, {k: round(v, 4) for k, v in metrics.items() if k.startswith(("image_auroc", "pixel_"))})
     return version, metrics
 
 
@@ -50,6 +53,7 @@ def apply_promotion(model_name: str, challenger_version: str, champion_version: 
         "anomaflow.promotion.challenger_score": decision.challenger_score if decision else "",
         "anomaflow.promotion.champion_score": decision.champion_score if decision else "",
         "anomaflow.promotion.champion_version": champion_version or "none",
+        "anomaflow.promotion.evaluation_split": GATE_SPLIT,
     }
     tracking.tag_run(run_id, tags)
     tracking.tag_version(model_name, challenger_version, tags)
@@ -61,11 +65,17 @@ def publish_promotion(model_name: str, challenger_version: str, champion_version
     lines = [f"# Retraining {model_name}: {verdict}", "", f"- challenger: version {challenger_version}",
              f"- champion before: {('version ' + champion_version) if champion_version else 'none'}"]
     if decision is not None:
-        lines += [f"- {decision.primary_metric}: challenger {decision.challenger_score}, champion {decision.champion_score}",
+        lines += [f"- compared on: {GATE_SPLIT}",
+                  f"- {decision.primary_metric}: challenger {decision.challenger_score}, champion {decision.champion_score}",
                   f"- reason: {decision.reason}"]
     if error:
         lines.append(f"- error: {error}")
     create_markdown_artifact("\n".join(lines), key=artifact_key("retraining", model_name), description="promotion gate decision")
+
+
+def challenger_gate_metrics(challenger: dict[str, Any]) -> dict[str, float]:
+    """The challenger's gate_* metrics under their plain names, comparable with the champion's."""
+    return {k.removeprefix("gate_"): v for k, v in challenger.items() if k.startswith("gate_")}
 
 
 def decision_dict(decision: PromotionDecision | None) -> dict[str, Any]:

@@ -665,3 +665,33 @@ def test_mistyped_category_in_an_mvtec_root_is_an_error_never_a_plain_folder(tmp
     with pytest.raises(DataError, match="categories bottle, cable$"):
         load_dataset(tmp_path, "screw")
     assert load_dataset(tmp_path, "bottle").layout == "mvtec"
+
+
+def test_gate_partition_is_stratified_fixed_and_independent_of_order_and_run_seed(tmp_path: Path) -> None:
+    samples = [Sample(tmp_path / d / f"{i:03d}.png", "test", d, None) for d, n in (("good", 20), ("broken", 22), ("scratch", 1)) for i in range(n)]
+    gate = D.partition_test(samples, 0.3)
+    by_type = {d: int(sum(g for s, g in zip(samples, gate) if s.defect == d)) for d in ("good", "broken", "scratch")}
+    assert by_type == {"good": 6, "broken": 7, "scratch": 0}  # round(n * 0.3); a lone image stays reported
+    shuffled = samples[::-1]
+    assert {s.path for s, g in zip(shuffled, D.partition_test(shuffled, 0.3)) if g} == {s.path for s, g in zip(samples, gate) if g}
+    grown = samples + [Sample(tmp_path / "crack" / f"{i:03d}.png", "test", "crack", None) for i in range(10)]
+    assert list(D.partition_test(grown, 0.3)[: len(samples)]) == list(gate)  # a new defect type moves nothing
+    assert not D.partition_test(samples, 0.0).any()
+    with pytest.raises(ValueError, match="gate_fraction"):
+        D.partition_test(samples, 1.0)
+
+
+def test_reported_metrics_and_gate_metrics_come_from_disjoint_parts(tmp_path: Path) -> None:
+    from model.config import TrainConfig
+    from model.demo import make_demo_dataset
+    from model.pipeline import Arrays, evaluation_split, load_arrays, load_dataset
+
+    make_demo_dataset(tmp_path, "demo", seed=0, image_size=32, n_train=6, n_test_good=10, n_test_per_defect=10)
+    ds = load_dataset(tmp_path, "demo")
+    arrays = load_arrays(ds, TrainConfig(data_root=str(tmp_path), category="demo"), log=lambda _: None)
+    report, r_idx = arrays.test_part(gate=False)
+    gate, g_idx = arrays.test_part(gate=True)
+    assert set(r_idx).isdisjoint(g_idx) and len(r_idx) + len(g_idx) == len(ds.test) and len(g_idx) == 12
+    assert isinstance(report, Arrays) and report.test.shape[0] == len(r_idx) and gate.test_masks.shape[0] == len(g_idx)
+    split = evaluation_split(arrays, 0.3)
+    assert len(split["gate"]) == 12 and set(split["gate"]).isdisjoint(split["report"])

@@ -132,13 +132,18 @@ def test_promotion_gate_both_ways(registered, demo_root, mlflow_server):
     tags = client.get_model_version(NAME, worse["challenger_version"]).tags
     assert tags["anomaflow.promotion.decision"] == "rejected" and tags["anomaflow.promotion.champion_version"] == champion
     # One that passes (tolerance +1 accepts any score): promoted, scores recorded on its run.
-    better = scheduled_retraining(ops_config(demo_root, seed=4), tolerance=1.0, min_bars={"image_auroc_max": 0.0})
+    better = scheduled_retraining(ops_config(demo_root, seed=4), tolerance=1.0, min_bars={"image_auroc": 0.0})
     assert better["promoted"]
     assert client.get_model_version_by_alias(NAME, "champion").version == better["challenger_version"]
     run_id = client.get_model_version(NAME, better["challenger_version"]).run_id
     run_tags = client.get_run(run_id).data.tags
     assert run_tags["anomaflow.promotion.decision"] == "promoted"
     assert float(run_tags["anomaflow.promotion.champion_score"]) >= 0.0 and float(run_tags["anomaflow.promotion.challenger_score"]) >= 0.0
+    # Judged on the decision score, on the gate part of the test split, not on the reported numbers.
+    run_metrics = client.get_run(run_id).data.metrics
+    assert run_tags["anomaflow.promotion.primary_metric"] == "image_auroc" == better["decision"]["primary_metric"]
+    assert float(run_tags["anomaflow.promotion.challenger_score"]) == pytest.approx(run_metrics["gate_image_auroc"])
+    assert "gate part" in run_tags["anomaflow.promotion.evaluation_split"] and "promotion gate on" in run_tags["anomaflow.evaluation_split"]
     # A bar the challenger cannot meet: rejected even though it is "better".
     barred = scheduled_retraining(ops_config(demo_root, seed=5), tolerance=1.0, min_bars={"pixel_auroc": 1.01})
     assert not barred["promoted"] and "minimum bars" in barred["decision"]["reason"]
