@@ -71,8 +71,6 @@ def run_one(cfg: TrainConfig, ds: data.Dataset, map_sigmas: list[float], save_di
     """Train once; evaluate each anomaly-map smoothing (a scoring choice: no retraining)."""
     arrays = pipeline.load_arrays(ds, cfg, log=lambda m: None)
     det, history, train_s = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
-    if save_dir is not None:
-        det.save(save_dir)
     syn_imgs, syn_masks, _ = synthetic_set(arrays.holdout, seed=cfg.seed)
     out = {}
     own = cfg.autoencoder.map_sigma  # the configuration as defined always comes first
@@ -80,6 +78,8 @@ def run_one(cfg: TrainConfig, ds: data.Dataset, map_sigmas: list[float], save_di
         det.config = det.config.model_copy(update={"map_sigma": sigma})
         out[sigma] = {**evaluate_variant(det, cfg, arrays, syn_imgs, syn_masks), "train_seconds": train_s,
                       "epochs": cfg.autoencoder.epochs, "map_sigma": sigma}
+        if save_dir is not None and sigma == own:
+            det.save(save_dir)  # calibrated (evaluate_variant set its thresholds), with its own smoothing
     return out
 
 
