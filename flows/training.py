@@ -48,6 +48,8 @@ def train_pipeline(
         evaluated = evaluate(trained.detector, arrays, test, config.score_method, work, config.gate_fraction) if len(arrays.test) else None
 
         metrics: dict[str, Any] = {**evaluated.evaluation.metrics, **evaluated.gate} if evaluated else {}
+        if evaluated and evaluated.evaluation.pixel_note:
+            metrics["pixel_metrics_note"] = evaluated.evaluation.pixel_note  # why pixel metrics are absent or partial
         metrics.update(thresholds, train_seconds=trained.train_seconds, inference_images_per_second=rate)
         model_dir = trained.detector.save(work / "model")
         write_json(trained.history, work / "history.json")
@@ -68,6 +70,7 @@ def train_pipeline(
                 "anomaflow.evaluation_split": (f"reported on {len(evaluated.split['report'])} test images; promotion gate on "
                                                f"{len(evaluated.split['gate'])} others (seeded partition, gate_fraction {config.gate_fraction})")
                 if evaluated else "no test split",
+                "anomaflow.pixel_metrics": (evaluated.evaluation.pixel_note or "all defect types have masks") if evaluated else "no test split",
                 "prefect.flow_run_id": str(flow_run.id),
             },
             figures={**(evaluated.figures if evaluated else {}), "dataset_samples": validated.sample_grid},

@@ -4,7 +4,11 @@ Layout (MVTec AD)::
 
     <root>/<category>/train/good/*.png            good images only (unsupervised training)
     <root>/<category>/test/<defect>/*.png         "good" plus one folder per defect type
-    <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   optional per defect type
+
+A defect type without a ``ground_truth/<defect>`` folder is labelled at image level only: its
+images count for image metrics and are left out of pixel metrics (much real data has no masks).
+A type that has the folder must have a mask for every image.
 
 Scanning never decodes pixels, so it is cheap even for large datasets; decoding
 happens in `load_images` / `load_masks` (optionally through `ImageCache`) and in
@@ -80,6 +84,7 @@ __all__ = [
     "open_image",
     "open_mask",
     "partition_test",
+    "pixel_truth",
     "scan_folder",
     "scan_mvtec",
     "split_train",
@@ -141,7 +146,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a dataset; the mask path is where the mask *should* be (validation checks it exists)."""
+    """One image of a dataset; the mask path is where the mask *should* be (validation checks it exists).
+    None for good images and for defect types labelled at image level only (no ground_truth folder)."""
 
     path: Path
     split: str
@@ -169,6 +175,11 @@ class Dataset:
     def defect_types(self) -> list[str]:
         """Sorted defect names in the test split, excluding "good"."""
         return sorted({s.defect for s in self.test if s.defect != "good"})
+
+    @property
+    def unmasked_types(self) -> list[str]:
+        """Defect types labelled at image level only (no ground_truth/<defect> folder)."""
+        return sorted({s.defect for s in self.test if s.label == 1 and s.mask_path is None})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,8 +226,9 @@ def scan_mvtec(root: str | Path, category: str) -> Dataset:
         gt_dir = cat_dir / "ground_truth"
         for defect_dir in _subdirs(test_dir):
             defect = defect_dir.name
+            masked = defect != "good" and (gt_dir / defect).is_dir()  # else: image-level labels only
             for p in _image_files(defect_dir):
-                mask = None if defect == "good" else gt_dir / defect / f"{p.stem}{_MASK_SUFFIX}.png"
+                mask = gt_dir / defect / f"{p.stem}{_MASK_SUFFIX}.png" if masked else None
                 test.append(Sample(p, "test", defect, mask))
     return Dataset(root=cat_dir, category=category, train=train, test=test, layout="mvtec")
 
@@ -643,16 +655,19 @@ def load_masks(samples: Sequence[Sample], size: int, cache: ImageCache | None = 
     _check_size(size)
     out = np.zeros((len(samples), size, size), dtype=bool)
     for i, s in enumerate(samples):
-        if s.label == 0:
-            continue
-        if s.mask_path is None:
-            raise DataError(s.path, f"defect image ({s.defect}) has no mask path")
+        if s.label == 0 or s.mask_path is None:
+            continue  # good, or labelled at image level only: see pixel_truth
         expected = _image_display_size(s.path)
         if cache is not None:
             out[i] = cache.mask(s.mask_path, size, expected_size=expected)
         else:
             out[i] = load_mask(s.mask_path, size, expected_size=expected)
     return out
+
+
+def pixel_truth(samples: Sequence[Sample]) -> np.ndarray:
+    """Which samples have pixel ground truth: good images (all-normal) and defect images with a mask."""
+    return np.array([s.label == 0 or s.mask_path is not None for s in samples], dtype=bool)
 
 
 def split_train(
@@ -722,6 +737,7 @@ class ValidationReport:
     image_sizes: dict[str, int] = field(default_factory=dict)
     image_modes: dict[str, int] = field(default_factory=dict)
     n_masks: int = 0
+    unmasked_types: list[str] = field(default_factory=list)  # defect types with image-level labels only
     problems: list[DataError] = field(default_factory=list)
     skipped: list[DataError] = field(default_factory=list)  # left out on purpose (not problems)
 
@@ -738,6 +754,8 @@ class ValidationReport:
         lines += [f"  {k:<{width}}  {v:>6}" for k, v in self.counts.items()]
         lines.append("sizes: " + (", ".join(f"{k} ({v})" for k, v in self.image_sizes.items()) or "-"))
         lines.append("modes: " + (", ".join(f"{k} ({v})" for k, v in self.image_modes.items()) or "-"))
+        if self.unmasked_types:
+            lines.append(f"image-level labels only (no ground_truth folder, so no pixel metrics): {', '.join(self.unmasked_types)}")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} (not training images):")
             lines += [f"  {p}" for p in self.skipped[:max_problems]]
@@ -765,6 +783,7 @@ class ValidationReport:
             "image_sizes": dict(self.image_sizes),
             "image_modes": dict(self.image_modes),
             "n_masks": self.n_masks,
+            "unmasked_types": list(self.unmasked_types),
             "problems": [_error_dict(p) for p in self.problems],
             "skipped": [_error_dict(p) for p in self.skipped],
         }
@@ -859,10 +878,8 @@ def validate_dataset(ds: Dataset, decode: bool = True, progress: ProgressFn | No
             image_size = _inspect_image(s.path, decode, modes, sizes)
         except DataError as exc:
             problems.append(exc)
-        if s.label == 1:
-            if s.mask_path is None:
-                problems.append(DataError(s.path, "defect image has no mask path"))
-            elif not s.mask_path.exists():
+        if s.label == 1 and s.mask_path is not None:
+            if not s.mask_path.exists():
                 problems.append(DataError(s.mask_path, f"mask missing (for image {s.path})"))
             else:
                 n_masks += 1
@@ -881,6 +898,7 @@ def validate_dataset(ds: Dataset, decode: bool = True, progress: ProgressFn | No
         image_sizes=dict(sizes.most_common()),
         image_modes=dict(modes.most_common()),
         n_masks=n_masks,
+        unmasked_types=ds.unmasked_types,
         problems=problems,
         skipped=list(ds.skipped),
     )

@@ -22,6 +22,7 @@ class Evaluation:
     roc_curves: dict[str, tuple[np.ndarray, np.ndarray, float]]  # score method -> (fpr, tpr, auroc)
     iou_table: list[dict[str, Any]]  # rows: defect, n_images, pixel_iou
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    pixel_note: str = ""  # why pixel metrics are absent or cover only some defect types ("" = all covered)
 
 
 def evaluate(
@@ -35,11 +36,14 @@ def evaluate(
     defects: list[str],
     pixel_threshold: float | None,
     paths: list[str] | None = None,
+    pixel_truth: np.ndarray | None = None,
 ) -> Evaluation:
     """All metrics of one scored test split.
 
     labels: 1 = defective image; scores: image scores by method; masks/maps (N,H,W);
-    defects: defect type per image ("good" for normals).
+    defects: defect type per image ("good" for normals); pixel_truth: which images have pixel
+    ground truth (default all). Defect images without it (image-level labels only) count for image
+    metrics and are left out of pixel metrics, which are absent (not zero) when no mask is left.
     """
     labels = np.asarray(labels).astype(int)
     out: dict[str, float] = {}
@@ -65,16 +69,26 @@ def evaluate(
     out["false_positive_rate"] = float(pred[labels == 0].mean()) if (labels == 0).any() else float("nan")
 
     iou_rows: list[dict[str, Any]] = []
+    truth = np.ones(len(labels), bool) if pixel_truth is None else np.asarray(pixel_truth, bool)
+    unmasked = sorted({d for d, t, y in zip(defects, truth, labels) if y == 1 and not t})
+    note = ""
+    if masks is not None and maps is not None:
+        masks, maps = np.asarray(masks, dtype=bool)[truth], np.asarray(maps)[truth]
+        pix_defects = [d for d, t in zip(defects, truth) if t]
+    if masks is None or maps is None or not masks.any():
+        note = "absent: " + (f"defect types {', '.join(unmasked)} have image-level labels only (no ground_truth masks)"
+                             if unmasked else "no defect masks in the test split")
+    elif unmasked:
+        note = f"on defect types with masks only; {', '.join(unmasked)} have image-level labels only (no ground_truth masks)"
     if masks is not None and maps is not None and masks.any():
-        masks = np.asarray(masks, dtype=bool)
         out["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
         out["pixel_aupro"] = metrics.pixel_aupro(masks, maps, 0.3)
         if pixel_threshold is not None:
-            by_defect = metrics.pixel_iou_by_defect(masks, maps, defects, pixel_threshold)
+            by_defect = metrics.pixel_iou_by_defect(masks, maps, pix_defects, pixel_threshold)
             out["pixel_threshold"] = float(pixel_threshold)
             out["pixel_iou"] = by_defect["overall"]
             out["good_pixel_fpr"] = metrics.good_image_false_positive_rate(masks, maps, pixel_threshold)
-            counts = {d: int(sum(1 for i, dd in enumerate(defects) if dd == d and masks[i].any())) for d in by_defect if d != "overall"}
+            counts = {d: int(sum(1 for i, dd in enumerate(pix_defects) if dd == d and masks[i].any())) for d in by_defect if d != "overall"}
             for d in sorted(k for k in by_defect if k != "overall"):
                 out[f"pixel_iou_{d}"] = by_defect[d]
                 iou_rows.append({"defect": d, "n_images": counts[d], "pixel_iou": by_defect[d]})
@@ -90,4 +104,4 @@ def evaluate(
             row[f"score_{method}"] = float(s[i])
         row["decision"] = str(decisions[i])
         per_image.append(row)
-    return Evaluation(metrics=out, roc_curves=curves, iou_table=iou_rows, per_image=per_image)
+    return Evaluation(metrics=out, roc_curves=curves, iou_table=iou_rows, per_image=per_image, pixel_note=note)

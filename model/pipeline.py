@@ -158,6 +158,7 @@ def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, scor
         defects=[s.defect for s in arrays.test_samples],
         pixel_threshold=det.pixel_threshold,
         paths=[str(s.path) for s in arrays.test_samples],
+        pixel_truth=data.pixel_truth(arrays.test_samples),
     )
 
 

@@ -27,6 +27,8 @@ def summary_markdown(category: str, metrics: dict[str, Any], registration: Any |
     per_defect = sorted(k for k in metrics if k.startswith("pixel_iou_") and k != "pixel_iou_oracle")
     for k in per_defect:
         lines.append(f"| {k} | {metrics[k]:.4f} |")
+    if metrics.get("pixel_metrics_note"):
+        lines += ["", f"Pixel metrics: {metrics['pixel_metrics_note']}."]
     if registration is not None:
         lines += ["", f"MLflow run `{registration.run_id}`, model `{registration.model_name}` "
                       f"version {registration.version} ({', '.join(registration.aliases)})"]

@@ -110,3 +110,17 @@ def test_train_patchcore_end_to_end(demo_root, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["image_auroc_max"] <= 1.0 and "pixel_aupro" in m
     assert json.loads((out / "model" / "detector.json").read_text())["family"] == "patchcore"
+
+
+def test_train_on_a_dataset_without_masks_reports_image_metrics_and_says_why_no_pixel_metrics(demo_root, tmp_path, capsys):
+    root = tmp_path / "labels_only"
+    shutil.copytree(demo_root, root)
+    shutil.rmtree(root / "demo" / "ground_truth")
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(root), "--category", "demo", "--output", str(out), *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= m["image_auroc"] <= 1.0 and "recall" in m
+    assert not any(k.startswith("pixel_") and k != "pixel_threshold" and k != "pixel_metrics_note" for k in m)
+    assert m["pixel_metrics_note"].startswith("absent: defect types blob, crack, scratch have image-level labels only")
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["ok"] and validation["unmasked_types"] == ["blob", "crack", "scratch"]

@@ -586,11 +586,56 @@ def test_validate_empty_splits_and_summary_truncation(tmp_path: Path) -> None:
 
 
 def test_validate_dataset_built_by_hand(tmp_path: Path) -> None:
-    # A defect sample without a mask path is reported, not crashed on.
+    # A defect sample without a mask path is labelled at image level only: valid, and said so.
     img = rgb(tmp_path / "x.png")
     ds = Dataset(tmp_path, "hand", [Sample(img, "train", "good")], [Sample(img, "test", "crack", None)], "folder")
     report = validate_dataset(ds)
-    assert [p.reason for p in report.problems] == ["defect image has no mask path"]
+    assert report.ok and report.unmasked_types == ["crack"] and "image-level labels only" in report.summary()
+
+
+def test_defect_types_without_ground_truth_are_image_level_only(tmp_path: Path) -> None:
+    cat = tmp_path / "cells"
+    rgb(cat / "train" / "good" / "000.png")
+    rgb(cat / "test" / "good" / "000.png")
+    rgb(cat / "test" / "crack" / "000.png")
+    rgb(cat / "test" / "crack" / "001.png")
+    rgb(cat / "test" / "dark" / "000.png")  # no ground_truth/dark: image-level label only
+    mask(cat / "ground_truth" / "crack" / "000_mask.png")
+    mask(cat / "ground_truth" / "crack" / "001_mask.png", size=(9, 8))  # exists but does not match
+    ds = scan_mvtec(tmp_path, "cells")
+    assert ds.unmasked_types == ["dark"]
+    assert list(D.pixel_truth(ds.test)) == [True, True, False, True]  # crack, crack, dark, good (sorted folders)
+    report = validate_dataset(ds)
+    assert [p.path.name for p in report.problems] == ["001_mask.png"]  # the gate still names a mask that does not match
+    assert report.unmasked_types == ["dark"] and report.n_masks == 2
+    mask(cat / "ground_truth" / "crack" / "001_mask.png")
+    masks = load_masks(ds.test, 8)
+    assert masks[0].any() and not masks[2].any()  # the unmasked defect image loads as "no pixel truth", not a crash
+    (cat / "ground_truth" / "crack" / "000_mask.png").unlink()  # a masked type must have every mask
+    assert [p.reason.split(" (")[0] for p in validate_dataset(ds).problems] == ["mask missing"]
+
+
+def test_pixel_metrics_cover_masked_types_only_and_are_absent_without_masks() -> None:
+    from model.evaluation import evaluate
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    defects = ["good", "good", "crack", "crack", "dark", "dark"]
+    masks = np.zeros((6, 8, 8), bool)
+    masks[2:4, 2:5, 2:5] = True
+    maps = rng.random((6, 8, 8)).astype(np.float32)
+    maps[masks] += 1.0
+    maps[4:] += 5.0  # would wreck pixel AUROC if "dark" (no masks) counted as all-normal pixels
+    scores = {"max": maps.reshape(6, -1).max(axis=1)}
+    common = dict(labels=labels, scores=scores, score_method="max", threshold=0.5, maps=maps, defects=defects, pixel_threshold=0.9)
+    partial = evaluate(masks=masks, pixel_truth=np.array([1, 1, 1, 1, 0, 0], bool), **common)
+    assert partial.metrics["pixel_auroc"] == pytest.approx(1.0) and "pixel_iou_dark" not in partial.metrics
+    assert "dark have image-level labels only" in partial.pixel_note and partial.metrics["image_auroc"] == pytest.approx(1.0)
+    naive = evaluate(masks=masks, **common)  # had the unmasked images counted as all-normal pixels
+    assert naive.metrics["pixel_auroc"] < 0.9
+    none = evaluate(masks=np.zeros_like(masks), pixel_truth=np.array([1, 1, 0, 0, 0, 0], bool), **common)
+    assert not any(k.startswith("pixel_") for k in none.metrics) and none.pixel_note.startswith("absent: defect types crack, dark")
+    assert "image_auroc" in none.metrics and "recall" in none.metrics
 
 
 # ---------------------------------------------------------------------------------------------
