@@ -105,6 +105,17 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_elpv(args: argparse.Namespace) -> int:
+    from model.elpv import import_elpv
+
+    for info in import_elpv(args.dest, seed=args.seed, source=args.source):
+        print(f"{args.dest / info.category}: train/good {info.train_good}, test/good {info.test_good}, "
+              f"test/defective {info.test_defective} (seed {info.seed}); left out {info.left_out_uncertain} cells rated "
+              f"1/3 or 2/3 (uncertain labels, listed in elpv_import.json); no masks: image metrics only")
+    print(f"next: anomaflow train --data {args.dest} --category elpv_mono --detector patchcore --output out/elpv_mono")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion", help="registry alias to resolve (once per run)")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold for this run")
     p.add_argument("--batch-size", type=int, default=16)
+    p = sub.add_parser("import-elpv", help="write the ELPV solar-cell images (pip install 'anomaflow[elpv]') as elpv_mono and elpv_poly in the MVTec layout")
+    p.add_argument("dest", type=Path, help="data root to write elpv_mono/ and elpv_poly/ under")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split of the defect-free cells into train/good and test/good")
+    p.add_argument("--source", type=Path, default=None, help="an ELPV data folder (labels.csv + images/); default: the installed package")
     p = sub.add_parser("demo-data", help="write the generated demo dataset (MVTec layout) to PATH")
     p.add_argument("path", type=Path)
     p.add_argument("--category", default="demo")
@@ -126,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data}
+    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv}
     from model.data import DataError
 
     try:
