@@ -31,3 +31,21 @@ def test_quality_benchmark_saves_calibrated_models(demo_root, tmp_path):
     assert meta["threshold"] == pytest.approx(run["threshold"]) and meta["pixel_threshold"] == pytest.approx(run["pixel_threshold"])
     det = load_detector(out / "default-seed0")
     assert det.config.map_sigma == 2.0 and det.threshold == pytest.approx(run["threshold"])
+
+
+def test_pixel_threshold_benchmark_reads_no_test_image_and_stores_what_it_prints(demo_root, tmp_path, capsys, monkeypatch):
+    from model import data
+
+    bench = load_script("pixel_threshold")
+    loaded: list = []
+    real = data.load_images
+    monkeypatch.setattr(data, "load_images", lambda samples, *a, **kw: loaded.extend(samples) or real(samples, *a, **kw))
+    rc = bench.main(["--data", str(demo_root), "--category", "demo", "--detector", "autoencoder", "--epochs", "1",
+                     "--seeds", "0", "--threads", "2", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "p.json")])
+    assert rc == 0
+    assert loaded and {s.split for s in loaded} == {"train"}  # no test image is decoded for the choice
+    printed = capsys.readouterr().out
+    stored = json.loads((tmp_path / "p.json").read_text())
+    assert len(stored["runs"]) == 1 and set(stored["runs"][0]["percentiles"]) == {str(p) for p in bench.PERCENTILES}
+    assert bench.main(["--from-json", str(tmp_path / "p.json")]) == 0
+    assert capsys.readouterr().out == printed  # the stored result reproduces the printed table
