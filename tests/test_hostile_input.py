@@ -565,7 +565,8 @@ def test_inspection_arbitrary_bytes_never_stop_the_batch(detector: AutoencoderDe
         summary = inspect(detector, inbox, out, batch_size=3)
         rows = inspection.read_results(out / "results.csv")
         distinct = len({*blobs, encode(part(1), "PNG")})
-        assert len(rows) == distinct == summary.inspected  # identical blobs are inspected once
+        assert len(rows) == len(blobs) + 1 and summary.inspected == distinct  # a row per file; identical blobs scored once
+        assert summary.duplicates == len(blobs) + 1 - distinct
         for r in rows:  # random bytes could in principle be a valid tiny image: then a verdict
             assert (r["decision"] == "ERROR") == bool(r["error"]) and r["decision"] in {"ERROR", "NORMAL", "DEFECT"}
         assert next(r for r in rows if r["sha256"] == hashlib.sha256(encode(part(1), "PNG")).hexdigest())["decision"] != "ERROR"

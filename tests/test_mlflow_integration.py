@@ -46,7 +46,7 @@ def test_run_logged_with_params_metrics_artifacts_tags(two_runs, mlflow_server):
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
     files = {f.path for d in ("figures", "tables", "checkpoints") for f in client.list_artifacts(run.info.run_id, d)}
     for f in ("figures/roc.png", "figures/score_histogram.png", "figures/heatmaps.png", "figures/dataset_samples.png",
-              "tables/iou_per_defect.json", "tables/per_image_scores.json", "checkpoints/weights.pt", "checkpoints/last.pt"):
+              "tables/iou_per_defect.json", "tables/per_image_scores.json", "checkpoints/weights.pt"):
         assert f in files, f
     iou = load_table(run.info.run_id, "tables/iou_per_defect.json")
     assert set(iou["defect"]) == {"blob", "crack", "scratch", "overall"}
