@@ -62,6 +62,9 @@ class PatchCoreConfig(BaseModel):
     pool_size: int = Field(3, ge=1, le=9, description="local aggregation: stride-1 average pool over pool_size x pool_size patches")
     feature_dim: int | None = Field(None, ge=8, description="reduce the concatenated features to this many dims (adaptive average over channels); None = keep all")
     coreset_ratio: float = Field(0.01, gt=0, le=1, description="memory bank size as a share of all training patches")
+    coreset_min_size: int = Field(
+        2048, ge=1, description="lower bound on the memory bank size (or every patch, if fewer): a small training set keeps enough patches"
+    )
     coreset_max_size: int | None = Field(None, ge=1, description="upper bound on the memory bank size")
     projection_dim: int = Field(128, ge=0, description="random projection for coreset selection only; 0 = none")
     num_neighbors: int = Field(1, ge=1, le=64, description="patch score = mean distance to this many nearest bank patches")

@@ -239,7 +239,8 @@ class PatchCoreDetector(Detector):
         return torch.cat(out)
 
     def bank_size_for(self, n_patches: int) -> int:
-        size = max(1, int(math.ceil(self.config.coreset_ratio * n_patches)))
+        """coreset_ratio of the patches, at least coreset_min_size, at most coreset_max_size and n_patches."""
+        size = max(1, int(math.ceil(self.config.coreset_ratio * n_patches)), self.config.coreset_min_size)
         if self.config.coreset_max_size is not None:
             size = min(size, self.config.coreset_max_size)
         return min(size, n_patches)

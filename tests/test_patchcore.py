@@ -120,7 +120,7 @@ def demo_images():
 
 
 def _cfg(**kw):
-    base = dict(image_size=SIZE, coreset_ratio=0.25, batch_size=4)
+    base = dict(image_size=SIZE, coreset_ratio=0.25, coreset_min_size=1, batch_size=4)
     base.update(kw)
     return PatchCoreConfig(**base)
 
@@ -142,6 +142,15 @@ def test_fit_builds_a_coreset_bank_and_reports(fitted):
     assert hist[0]["bank_size"] == det.bank.shape[0] == int(np.ceil(0.25 * 12 * grid * grid))
     assert det.bank.shape[1] == det.feature_dim == 40 + 80
     assert [r.get("phase") for r in seen] == ["features", "coreset", None]
+
+
+def test_bank_size_has_a_floor_for_small_training_sets():
+    det = PatchCoreDetector(PatchCoreConfig(), seed=0)  # 1 %, at least 2048 patches
+    assert det.bank_size_for(31 * 1024) == 2048  # 31 images at 256 px: 1 % would keep 318
+    assert det.bank_size_for(1000) == 1000  # fewer patches than the floor: keep them all
+    assert det.bank_size_for(800 * 1024) == 8192  # a large set: the ratio rules
+    capped = PatchCoreDetector(PatchCoreConfig(coreset_max_size=4000), seed=0)
+    assert capped.bank_size_for(800 * 1024) == 4000
 
 
 def test_anomaly_map_highlights_a_painted_defect(fitted, demo_images):

@@ -1,0 +1,132 @@
+"""PatchCore memory-bank size: quality on synthetic defects, fit and scoring time, per bank size.
+
+    .venv/bin/python benchmarks/bank_size.py [--data ../shared/data/mvtec_ad --category bottle] \
+        [--train-limit 31] [--sizes 1% 1024 2048 4096 8192 16384] [--seeds 0 1 2] [--threads 2] [--json out/bank.json]
+
+For each seed: split train/good as the training flow does (fit part, held-out normals), keep at
+most --train-limit fit images (to stand in for a small product), extract the patch features
+once and run the greedy coreset once at the largest size: greedy k-center picks are nested, so
+the first k picks are the coreset of size k, and every size is scored from one selection.
+Selection metrics (the only ones to choose by): held-out normals plus synthetic defects made
+from them (model/synthetic.py), image AUROC of the decision score and pixel AUROC. The test
+split is scored too and reported only. Times: coreset selection at each size (its own run),
+and model-only scoring images/s on the held-out images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from statistics import mean
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model import data, metrics, pipeline  # noqa: E402
+from model.config import TrainConfig  # noqa: E402
+from model.patchcore import greedy_coreset  # noqa: E402
+from model.synthetic import synthetic_set  # noqa: E402
+
+
+def parse_size(spec: str, n_patches: int) -> int:
+    """'1%' -> share of the training patches; '4096' -> that many (at most all patches)."""
+    if spec.endswith("%"):
+        return max(1, min(n_patches, int(np.ceil(float(spec[:-1]) / 100 * n_patches))))
+    return min(n_patches, int(spec))
+
+
+def run_seed(cfg: TrainConfig, ds: data.Dataset, sizes: list[str], train_limit: int | None) -> list[dict]:
+    arrays = pipeline.load_arrays(ds, cfg, log=lambda m: None)
+    fit = arrays.fit
+    if train_limit is not None and train_limit < len(fit):
+        fit = fit[np.sort(np.random.default_rng(cfg.seed).permutation(len(fit))[:train_limit])]
+    det = pipeline.build_detector(cfg)
+    t0 = time.perf_counter()
+    patches = det.features(fit)
+    patches = patches.reshape(-1, patches.shape[-1])
+    feature_s = time.perf_counter() - t0
+    wanted = {s: parse_size(s, patches.shape[0]) for s in sizes}
+    with torch.inference_mode():
+        order = greedy_coreset(patches, max(wanted.values()), projection_dim=cfg.patchcore.projection_dim, seed=cfg.seed)
+    syn_imgs, syn_masks, _ = synthetic_set(arrays.holdout, seed=cfg.seed)
+    labels = np.r_[np.zeros(len(arrays.holdout)), np.ones(len(syn_imgs))]
+    test_labels = np.array([s.label for s in arrays.test_samples])
+    rows = []
+    for spec, k in wanted.items():
+        with torch.inference_mode():
+            t1 = time.perf_counter()
+            greedy_coreset(patches, k, projection_dim=cfg.patchcore.projection_dim, seed=cfg.seed)
+            coreset_s = time.perf_counter() - t1
+        det._set_bank(patches[order[:k]].clone())
+        t2 = time.perf_counter()
+        hold = det.score(arrays.holdout)
+        ips = len(arrays.holdout) / (time.perf_counter() - t2)
+        syn = det.score(syn_imgs)
+        test = det.score(arrays.test)
+        m = cfg.score_method
+        row = {
+            "size": spec, "bank": k, "patches": int(patches.shape[0]), "fit_images": len(fit), "seed": cfg.seed,
+            "syn_image_auroc": metrics.image_auroc(labels, np.r_[hold.scores[m], syn.scores[m]]),
+            "syn_pixel_auroc": metrics.pixel_auroc(syn_masks, syn.maps),
+            "test_image_auroc": metrics.image_auroc(test_labels, test.scores[m]) if len(set(test_labels)) == 2 else float("nan"),
+            "test_pixel_auroc": metrics.pixel_auroc(arrays.test_masks, test.maps) if arrays.test_masks.any() else float("nan"),
+            "fit_seconds": feature_s + coreset_s, "coreset_seconds": coreset_s, "images_per_second": ips,
+        }
+        rows.append(row)
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+    return rows
+
+
+def report(runs: list[dict], title: str) -> str:
+    cols = ["bank", "syn_image_auroc", "syn_pixel_auroc", "test_image_auroc", "test_pixel_auroc", "fit_seconds", "coreset_seconds", "images_per_second"]
+    lines = [title, "", "| size | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 1) + "|"]
+    for spec in dict.fromkeys(r["size"] for r in runs):
+        rs = [r for r in runs if r["size"] == spec]
+        cells = [f"{mean(float(r[c]) for r in rs):.1f}" if c in ("bank", "fit_seconds", "coreset_seconds", "images_per_second")
+                 else f"{mean(float(r[c]) for r in rs):.4f}" for c in cols]
+        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mvtec_ad"))
+    ap.add_argument("--category", default="bottle")
+    ap.add_argument("--train-limit", type=int, default=None, help="use at most this many fit images (a small product)")
+    ap.add_argument("--sizes", nargs="+", default=["1%", "1024", "2048", "4096", "8192", "16384"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache-dir", default=str(REPO / ".anomaflow" / "cache"))
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None, help="train nothing: print the table of an earlier --json output")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        stored = json.loads(args.from_json.read_text())
+        report(stored["runs"], stored["title"])
+        return 0
+    pipeline.configure_threads(args.threads)
+    ds = pipeline.load_dataset(Path(args.data), args.category)
+    runs = []
+    for seed in args.seeds:
+        cfg = TrainConfig(data_root=args.data, category=args.category, detector="patchcore", seed=seed, cache_dir=args.cache_dir,
+                          num_threads=args.threads)
+        runs += run_seed(cfg, ds, args.sizes, args.train_limit)
+    limit = f", at most {args.train_limit} fit images" if args.train_limit else ""
+    title = (f"PatchCore bank size on {args.category}{limit}: means over seeds {args.seeds}. syn_* = held-out normals + "
+             "synthetic defects (choose by these); test_* reported only; images/s model only")
+    report(runs, title)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"title": title, "runs": runs}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
