@@ -57,6 +57,10 @@ def evaluate(
             curves[method] = (fpr, tpr, auc)
     if both_classes:
         out["image_auroc"] = out[f"image_auroc_{score_method}"]
+        # Label-using references (thresholds read off the test labels), named as such; the
+        # calibrated threshold's own recall and FPR are "recall" and "false_positive_rate".
+        for pct in (1, 5):
+            out[f"recall_at_test_fpr_{pct}pct"] = metrics.recall_at_fpr(labels, scores[score_method], pct / 100)
 
     chosen = np.asarray(scores[score_method])
     decisions = decide(chosen, threshold)

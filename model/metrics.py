@@ -27,6 +27,7 @@ __all__ = [
     "pro_curve",
     "pixel_aupro",
     "f1_at",
+    "recall_at_fpr",
     "iou",
     "pixel_iou_per_image",
     "pixel_iou_by_defect",
@@ -117,6 +118,19 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
             f"got {n_pos} defective out of {labels_b.size}"
         )
     return float(roc_auc_score(labels_b.astype(np.int64), scores_f))
+
+
+def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
+    """Largest recall whose false-positive rate on the good images stays <= max_fpr.
+
+    A label-using reference (the threshold is read off the test labels): it says what the score
+    could do at that operating point, not what a calibrated threshold does.
+    """
+    labels_b, scores_f = _check_image_inputs(labels, scores)
+    if labels_b.all() or not labels_b.any():
+        raise ValueError("recall_at_fpr needs both good (0) and defective (1) images")
+    fpr, tpr, _ = roc_curve(labels_b.astype(np.int64), scores_f)
+    return float(tpr[fpr <= max_fpr + 1e-12].max())
 
 
 def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:

@@ -353,3 +353,17 @@ def test_pixel_iou_oracle_is_an_upper_bound_of_calibrated_iou():
     oracle, othr = pixel_iou_oracle(masks, maps)
     assert oracle == pytest.approx(pixel_iou_by_defect(masks, maps, defects, othr)["overall"])
     assert oracle > 0.8  # a separable-ish map has a threshold with high overlap
+
+
+def test_recall_at_fpr_reads_the_roc_curve():
+    from model.metrics import recall_at_fpr
+
+    labels = np.array([0] * 20 + [1] * 10)
+    scores = np.r_[np.arange(20) / 20, [0.97, 0.96, 0.5, 0.4, 0.3, 0.99, 0.98, 0.2, 0.1, 0.0]]
+    # Good scores 0.00..0.95; one good above 0.9 is 5 % FPR: threshold 0.95 keeps 0.96..0.99 (4 of 10).
+    assert recall_at_fpr(labels, scores, 0.0) == pytest.approx(0.4)
+    assert recall_at_fpr(labels, scores, 0.05) == pytest.approx(0.4)
+    assert recall_at_fpr(labels, scores, 0.10) == pytest.approx(0.4)  # 0.90 next: still no defect between
+    assert recall_at_fpr(labels, scores, 0.55) == pytest.approx(0.5)  # 11 goods above 0.45: 0.5 joins
+    with pytest.raises(ValueError, match="both"):
+        recall_at_fpr(np.zeros(4), np.arange(4.0), 0.05)
