@@ -102,6 +102,12 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(path: Path | None, results: list[dict], skipped: list[str]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"results": results, "skipped": skipped}, indent=1, default=float))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["bottle", "elpv_mono", "elpv_poly", "demo"])
@@ -132,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"pixel_auroc={m.get('pixel_auroc', float('nan')):.4f} fit={rec['fit_seconds']:.1f}s "
                           f"({rec['wall_seconds']:.0f}s)", file=sys.stderr, flush=True)
                     results.append(rec)
-                    if args.json:  # after every run: a long benchmark interrupted keeps what it measured
-                        args.json.parent.mkdir(parents=True, exist_ok=True)
-                        args.json.write_text(json.dumps({"results": results, "skipped": skipped}, indent=1, default=float))
+                    save(args.json, results, skipped)  # after every run: an interrupted benchmark keeps what it measured
+    save(args.json, results, skipped)
     print()
     print(table(results))
     for s in skipped:
