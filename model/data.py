@@ -109,7 +109,7 @@ _SUPPORTED_MODES = frozenset({"RGB", "P", "I"}) | _GREY_MODES | _PIL_CONVERTIBLE
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 # Bump when decoding/resizing policy changes so old disk-cache entries are never reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: JPEGs decoded with draft scaling when shrunk (open_image at_least)
 
 
 def display_path(path: str | Path) -> str:
@@ -426,17 +426,22 @@ def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
     raise DataError(path, f"unsupported image mode {mode}")
 
 
-def open_image(path: str | Path, data: bytes | None = None, max_pixels: int | None = None) -> Image.Image:
+def open_image(path: str | Path, data: bytes | None = None, max_pixels: int | None = None, at_least: int | None = None) -> Image.Image:
     """Return a fully loaded RGB image, or a DataError naming the file and the fault.
 
     `data` lets a caller that already holds the bytes (e.g. `ImageCache`) avoid a second read.
     `max_pixels` defaults to the module's `MAX_PIXELS` at call time (so it can be patched).
+    `at_least`: the caller will shrink the image to this size, so a JPEG may be decoded at 1/2,
+    1/4 or 1/8 scale in the DCT domain (PIL's draft), never below at_least pixels on either side:
+    an 8-Mpixel photo decodes several times faster, with the same antialiased result size.
     """
     path = Path(path)
     if data is None:
         data = _read_bytes(path)
     with _open_header(path, data, max_pixels) as img:
         _check_mode(img, path)
+        if at_least is not None and img.format == "JPEG" and min(img.size) >= 2 * at_least:
+            img.draft(img.mode, (at_least, at_least))
         decoded = _decode(img, path)
         rgb = _to_rgb(decoded, path)
         rgb.load()
@@ -451,7 +456,7 @@ def _check_size(size: int | None) -> None:
 def load_image(path: str | Path, size: int | None = None, data: bytes | None = None) -> np.ndarray:
     """uint8 (H, W, 3) array, resized to (size, size) with bilinear filtering when `size` is given."""
     _check_size(size)
-    img = open_image(Path(path), data=data)
+    img = open_image(Path(path), data=data, at_least=size)
     if size is not None and img.size != (size, size):
         img = img.resize((int(size), int(size)), Image.Resampling.BILINEAR)
     return np.array(img, dtype=np.uint8)

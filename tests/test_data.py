@@ -740,3 +740,21 @@ def test_reported_metrics_and_gate_metrics_come_from_disjoint_parts(tmp_path: Pa
     assert isinstance(report, Arrays) and report.test.shape[0] == len(r_idx) and gate.test_masks.shape[0] == len(g_idx)
     split = evaluation_split(arrays, 0.3)
     assert len(split["gate"]) == 12 and set(split["gate"]).isdisjoint(split["report"])
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    grey = (128 + 60 * np.sin(xx / 40) * np.cos(yy / 55) + rng.normal(0, 4, xx.shape)).clip(0, 255).astype(np.uint8)
+    path = save(tmp_path / "big.jpg", Image.fromarray(grey, "L"), quality=92)
+    small = load_image(path, 128)
+    with Image.open(path) as src:
+        full = np.asarray(src.convert("RGB").resize((128, 128), Image.Resampling.BILINEAR)).astype(int)
+    assert small.shape == (128, 128, 3) and np.abs(small.astype(int) - full).mean() < 1.5
+    drafted = open_image(path, at_least=128)
+    assert drafted.size == (200, 150)  # 1/8 scale: the smallest DCT scale with both sides >= 128
+    assert open_image(path).size == (1600, 1200)
+    truncated = save(tmp_path / "cut.jpg", Image.fromarray(grey, "L"), quality=92)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    with pytest.raises(DataError, match="truncated"):
+        load_image(truncated, 128)
