@@ -14,7 +14,6 @@ and model-only scoring images/s on the held-out images.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import emit, seeded_parser  # noqa: E402
 from model import data, metrics, pipeline  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.patchcore import greedy_coreset  # noqa: E402
@@ -90,22 +90,13 @@ def report(runs: list[dict], title: str) -> str:
         cells = [f"{mean(float(r[c]) for r in rs):.1f}" if c in ("bank", "fit_seconds", "coreset_seconds", "images_per_second")
                  else f"{mean(float(r[c]) for r in rs):.4f}" for c in cols]
         lines.append(f"| {spec} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines)
-    print("\n" + text)
-    return text
+    return emit(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mvtec_ad"))
-    ap.add_argument("--category", default="bottle")
+    ap = seeded_parser(__doc__)
     ap.add_argument("--train-limit", type=int, default=None, help="use at most this many fit images (a small product)")
     ap.add_argument("--sizes", nargs="+", default=["1%", "1024", "2048", "4096", "8192", "16384"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--cache-dir", default=str(REPO / ".anomaflow" / "cache"))
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, default=None, help="train nothing: print the table of an earlier --json output")
     args = ap.parse_args(argv)
     if args.from_json:
         stored = json.loads(args.from_json.read_text())

@@ -17,7 +17,6 @@ default in model/config.py FAMILY_DEFAULTS (pixel_threshold_percentile) follows 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,6 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import emit, seeded_parser  # noqa: E402
 from model import calibration, data, metrics, pipeline  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.synthetic import synthetic_set  # noqa: E402
@@ -80,22 +80,13 @@ def report(runs: list[dict], percentiles: tuple[float, ...], title: str) -> str:
         mark = " (chosen)" if p == best else ""
         lines.append(f"| {p:g}{mark} | {means[p]['syn_pixel_iou']:.3f} | {means[p]['good_pixel_fpr']:.5f} | {per_seed} |")
     lines += ["", f"chosen: {best:g} (best synthetic IoU below the maximum with good-pixel FPR <= {MAX_GOOD_PIXEL_FPR:.1%})"]
-    text = "\n".join(lines)
-    print("\n" + text)
-    return text
+    return emit(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mvtec_ad"))
-    ap.add_argument("--category", default="bottle")
+    ap = seeded_parser(__doc__)
     ap.add_argument("--detector", choices=["autoencoder", "patchcore"], default="patchcore")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="autoencoder epochs override (smoke runs)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--cache-dir", default=str(REPO / ".anomaflow" / "cache"))
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, default=None, help="train nothing: print the table of an earlier --json output")
     args = ap.parse_args(argv)
     if args.from_json:
         stored = json.loads(args.from_json.read_text())
