@@ -74,7 +74,8 @@ def import_elpv(dest: str | Path, seed: int = 0, source: str | Path | None = Non
     """Write elpv_mono and elpv_poly under dest (see the module docstring); returns what each holds.
 
     Each category is built in a hidden temporary folder and renamed into place, so an interrupted
-    import never leaves half a dataset; an existing category is refused (remove it to re-import).
+    import never leaves half a dataset. A category imported before with the same seed is kept as
+    it is (importing twice changes nothing); any other existing folder there is refused.
     """
     src = Path(source) if source is not None else package_data_dir()
     rows = read_labels(src)
