@@ -49,7 +49,7 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
         overrides["autoencoder"] = AutoencoderConfig(epochs=args.epochs)
     cfg = TrainConfig(
         data_root=str(args.data), category=args.category, detector=family, seed=args.seed,
-        cache_dir=args.cache_dir, num_threads=threads, **overrides,
+        cache_dir=args.cache_dir, num_threads=threads, keep_aspect=args.keep_aspect, **overrides,
     )
     root, category = pipeline.resolve_data_root(cfg)
     ds = pipeline.load_dataset(root, category)
@@ -62,20 +62,23 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{family}] " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
 
     det, history, fit_s = pipeline.fit_detector(cfg, arrays, progress=progress)
-    holdout = det.score(arrays.holdout)
+    holdout = det.score(arrays.holdout, arrays.holdout_valid)
     thresholds = pipeline.calibrate_detector(det, cfg, holdout)
-    test = det.score(arrays.test)
+    test = det.score(arrays.test, arrays.test_valid)
     ev = pipeline.evaluate_split(det, arrays, test, cfg.score_method)
 
     # Throughput including PNG decode + resize from disk, no cache.
     paths = [s.path for s in ds.test]
     bs = args.batch_size
-    det.anomaly_maps(np.stack([data.load_image(p, det.image_size) for p in paths[:bs]]))  # warm-up
+    def load(p: Path) -> np.ndarray:
+        return data.load_image(p, det.frame, keep_aspect=det.keep_aspect)
+
+    det.anomaly_maps(np.stack([load(p) for p in paths[:bs]]))  # warm-up
     passes, loads, model_only = [], [], []
     for _ in range(args.speed_repeats):
         t0 = time.perf_counter()
         for i in range(0, len(paths), bs):
-            det.anomaly_maps(np.stack([data.load_image(p, det.image_size) for p in paths[i : i + bs]]))
+            det.anomaly_maps(np.stack([load(p) for p in paths[i : i + bs]]))
         passes.append(len(paths) / (time.perf_counter() - t0))
         loads.append(os.getloadavg()[0])
         t0 = time.perf_counter()
@@ -87,6 +90,8 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "family": family,
         "image_size": det.image_size,
+        "frame": list(det.frame),
+        "keep_aspect": det.keep_aspect,
         "score_method": cfg.score_method,
         "pixel_threshold_percentile": cfg.pixel_threshold_percentile,
         "metrics": ev.metrics,
@@ -153,6 +158,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=None, help="autoencoder epochs (default: its config default)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per family")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=True,
+                    help="the training flow's frame (default); --no-keep-aspect squashes to a square")
     ap.add_argument("--batch-size", type=int, default=8, help="images per anomaly_maps call in the throughput loop")
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--omp-wait-policy", default="PASSIVE",
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = []
     passthrough = ["--data", str(args.data), "--category", args.category, "--threads", str(args.threads), "--seed", str(args.seed),
-                   "--batch-size", str(args.batch_size), "--speed-repeats", str(args.speed_repeats), "--cache-dir", args.cache_dir]
+                   "--batch-size", str(args.batch_size), "--speed-repeats", str(args.speed_repeats), "--cache-dir", args.cache_dir,
+                   "--keep-aspect" if args.keep_aspect else "--no-keep-aspect"]
     if args.epochs is not None:
         passthrough += ["--epochs", str(args.epochs)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}

@@ -77,7 +77,7 @@ def bare_loop(det, files: list[Path], batch_size: int) -> float:
 
     t0 = time.perf_counter()
     for i in range(0, len(files), batch_size):
-        batch = np.stack([load_image(f, det.image_size, data=f.read_bytes()) for f in files[i : i + batch_size]])
+        batch = np.stack([load_image(f, det.frame, data=f.read_bytes(), keep_aspect=det.keep_aspect) for f in files[i : i + batch_size]])
         scores = det.score(batch).scores[det.score_method]
         decide(scores, det.threshold)
     return time.perf_counter() - t0

@@ -18,7 +18,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, type=Path, help="output folder for metrics.json, figures and the model")
     p.add_argument("--detector", choices=["autoencoder", "patchcore"], default=d.detector,
                    help="model family: the convolutional autoencoder, or PatchCore on offline EfficientNet-Lite0 features")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the family's, 128 autoencoder / 256 patchcore)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="short side of the model input (default: the family's, 128 autoencoder / 256 patchcore)")
+    p.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=d.keep_aspect,
+                   help="long side from the training images' median aspect ratio, images letterboxed, never squashed "
+                        "(default); --no-keep-aspect squashes every image to a square")
     p.add_argument("--epochs", type=int, default=a.epochs)
     p.add_argument("--batch-size", type=int, default=a.batch_size)
     p.add_argument("--lr", type=float, default=a.learning_rate)
@@ -58,6 +62,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             **(size if args.detector == "autoencoder" else {}),
         ),
         patchcore=PatchCoreConfig(**(size if args.detector == "patchcore" else {})),
+        keep_aspect=args.keep_aspect,
         threshold_method=args.threshold_method,
         threshold_percentile=args.threshold_percentile,
         target_fpr=args.target_fpr,

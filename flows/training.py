@@ -42,9 +42,9 @@ def train_pipeline(
         validated = validate_dataset(config, work)
         arrays = load_images(validated.dataset, config)
         trained = train_model(config, arrays)
-        holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal")
+        holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal", arrays.holdout_valid)
         thresholds = calibrate_threshold(trained.detector, config, holdout)
-        test, rate = score_images(trained.detector, arrays.test, "test")
+        test, rate = score_images(trained.detector, arrays.test, "test", arrays.test_valid)
         evaluated = evaluate(trained.detector, arrays, test, config.score_method, work, config.gate_fraction) if len(arrays.test) else None
 
         metrics: dict[str, Any] = {**evaluated.evaluation.metrics, **evaluated.gate} if evaluated else {}
@@ -67,6 +67,8 @@ def train_pipeline(
                 "anomaflow.version": tracking.anomaflow_version(),
                 "anomaflow.detector": config.detector,
                 "anomaflow.category": validated.dataset.category,
+                "anomaflow.frame": f"{trained.detector.frame[0]}x{trained.detector.frame[1]} (HxW, "
+                                   + ("aspect ratio kept)" if trained.detector.keep_aspect else "squashed)"),
                 "anomaflow.evaluation_split": (f"reported on {len(evaluated.split['report'])} test images; promotion gate on "
                                                f"{len(evaluated.split['gate'])} others (seeded partition, gate_fraction {config.gate_fraction})")
                 if evaluated else "no test split",

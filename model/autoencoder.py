@@ -76,8 +76,11 @@ def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor, loss: str) -> torc
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flips and 90° rotations per batch: they keep a top-view good part good."""
+    """Random flips and 90° rotations per batch: they keep a top-view good part good. A
+    non-square frame turns 90° into 180° so the batch keeps its frame."""
     k = int(torch.randint(0, 4, (1,), generator=gen))
+    if k % 2 and x.shape[2] != x.shape[3]:
+        k = 2
     if k:
         x = torch.rot90(x, k, dims=(2, 3))
     if bool(torch.randint(0, 2, (1,), generator=gen)):
@@ -114,9 +117,9 @@ class AutoencoderDetector(Detector):
 
     def fit(self, images: np.ndarray, holdout: np.ndarray | None = None, progress: ProgressFn | None = _print_progress) -> list[dict[str, Any]]:
         cfg = self.config
-        x = to_tensor(self.check_images(images))
-        if len(x) == 0:
+        if len(images) == 0:
             raise ValueError("cannot train on zero images")
+        x = to_tensor(self.set_frame(images))
         xv = to_tensor(self.check_images(holdout)) if holdout is not None and len(holdout) else None
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
@@ -168,7 +171,7 @@ class AutoencoderDetector(Detector):
                 m = residual_map(xb, self.net(xb), self.config.map_kind).unsqueeze(1)
                 maps.append(gaussian_blur(m, self.config.map_sigma).squeeze(1))
         if not maps:
-            return np.zeros((0, self.image_size, self.image_size), np.float32)
+            return np.zeros((0, *self.frame), np.float32)
         return torch.cat(maps).numpy().astype(np.float32, copy=False)
 
     # -- persistence ---------------------------------------------------------------------

@@ -88,6 +88,8 @@ def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(scores > threshold, DEFECT, NORMAL)
 
 
-def pixel_threshold(normal_maps: np.ndarray, percentile: float = 99.5) -> float:
-    """Segmentation threshold: a high percentile of anomaly-map values on held-out normal images."""
-    return percentile_threshold(np.asarray(normal_maps, dtype=np.float32).ravel(), percentile)
+def pixel_threshold(normal_maps: np.ndarray, percentile: float = 99.5, valid: np.ndarray | None = None) -> float:
+    """Segmentation threshold: a high percentile of anomaly-map values on held-out normal images
+    (their own pixels only when `valid` marks padding, see model.frame)."""
+    maps = np.asarray(normal_maps, dtype=np.float32)
+    return percentile_threshold(maps.ravel() if valid is None else maps[np.asarray(valid, bool)], percentile)

@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from model.frame import Box, Frame, as_frame, fit_box, place, valid_mask
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
@@ -80,6 +82,10 @@ __all__ = [
     "load_images",
     "load_mask",
     "load_masks",
+    "image_box",
+    "load_framed",
+    "image_sizes",
+    "valid_masks",
     "mvtec_categories",
     "open_image",
     "open_mask",
@@ -109,7 +115,8 @@ _SUPPORTED_MODES = frozenset({"RGB", "P", "I"}) | _GREY_MODES | _PIL_CONVERTIBLE
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 # Bump when decoding/resizing policy changes so old disk-cache entries are never reused.
-_CACHE_VERSION = 2  # 2: JPEGs decoded with draft scaling when shrunk (open_image at_least)
+_CACHE_VERSION = 3  # 2: JPEGs decoded with draft scaling when shrunk (open_image at_least); 3: frames that keep the aspect ratio
+Size = int | tuple[int, int] | None  # an int is a square frame, (height, width) a frame, None the native size
 
 
 def display_path(path: str | Path) -> str:
@@ -426,40 +433,83 @@ def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
     raise DataError(path, f"unsupported image mode {mode}")
 
 
-def open_image(path: str | Path, data: bytes | None = None, max_pixels: int | None = None, at_least: int | None = None) -> Image.Image:
+def open_image(path: str | Path, data: bytes | None = None, max_pixels: int | None = None, at_least: int | tuple[int, int] | None = None) -> Image.Image:
     """Return a fully loaded RGB image, or a DataError naming the file and the fault.
 
     `data` lets a caller that already holds the bytes (e.g. `ImageCache`) avoid a second read.
     `max_pixels` defaults to the module's `MAX_PIXELS` at call time (so it can be patched).
-    `at_least`: the caller will shrink the image to this size, so a JPEG may be decoded at 1/2,
-    1/4 or 1/8 scale in the DCT domain (PIL's draft), never below at_least pixels on either side:
-    an 8-Mpixel photo decodes several times faster, with the same antialiased result size.
+    `at_least`: the caller will shrink the image to this size (an int for both sides, or (width,
+    height)), so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's draft),
+    never below that size: an 8-Mpixel photo decodes several times faster, with the same
+    antialiased result size.
     """
     path = Path(path)
     if data is None:
         data = _read_bytes(path)
     with _open_header(path, data, max_pixels) as img:
         _check_mode(img, path)
-        if at_least is not None and img.format == "JPEG" and min(img.size) >= 2 * at_least:
-            img.draft(img.mode, (at_least, at_least))
+        target = (at_least, at_least) if isinstance(at_least, int) else at_least
+        if target is not None and img.format == "JPEG" and img.size[0] >= 2 * target[0] and img.size[1] >= 2 * target[1]:
+            img.draft(img.mode, tuple(target))
         decoded = _decode(img, path)
         rgb = _to_rgb(decoded, path)
         rgb.load()
         return rgb
 
 
-def _check_size(size: int | None) -> None:
-    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0):
-        raise ValueError(f"size must be a positive int or None, got {size!r}")
+def _check_size(size: Size) -> Frame | None:
+    """The frame a size stands for (None: native size); anything else is a clear error."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer, tuple, list)):
+        raise ValueError(f"size must be a positive int, a (height, width) pair or None, got {size!r}")
+    try:
+        return as_frame(size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be a positive int, a (height, width) pair or None, got {size!r}") from None
 
 
-def load_image(path: str | Path, size: int | None = None, data: bytes | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) array, resized to (size, size) with bilinear filtering when `size` is given."""
-    _check_size(size)
-    img = open_image(Path(path), data=data, at_least=size)
-    if size is not None and img.size != (size, size):
-        img = img.resize((int(size), int(size)), Image.Resampling.BILINEAR)
-    return np.array(img, dtype=np.uint8)
+def _size_key(frame: Frame | None, keep_aspect: bool) -> str:
+    if frame is None:
+        return "native"
+    return f"{frame[0]}x{frame[1]}" + ("" if keep_aspect else "-squashed")
+
+
+def image_box(path: str | Path, size: Size, data: bytes | None = None, keep_aspect: bool = True) -> Box:
+    """Where the image lies in the model frame (see model.frame), from its header only."""
+    frame = _check_size(size)
+    if frame is None:
+        raise ValueError("image_box needs a frame size")
+    if not keep_aspect:
+        return Box(0, 0, *frame)
+    with _open_header(Path(path), data) as img:
+        return fit_box(_display_size(img), frame)
+
+
+def load_image(path: str | Path, size: Size = None, data: bytes | None = None, keep_aspect: bool = True) -> np.ndarray:
+    """uint8 (H, W, 3) array: native size, or placed in the frame `size` keeping its aspect ratio
+    (bilinear; see model.frame). keep_aspect=False squashes to the frame, as models saved before
+    frames existed were trained."""
+    frame = _check_size(size)
+    path = Path(path)
+    if frame is None:
+        return np.array(open_image(path, data=data), dtype=np.uint8)
+    if data is None:
+        data = _read_bytes(path)
+    box = image_box(path, frame, data=data, keep_aspect=keep_aspect)
+    img = open_image(path, data=data, at_least=(box.width, box.height))
+    return place(img, frame, Image.Resampling.BILINEAR, box=box).astype(np.uint8, copy=False)
+
+
+def load_framed(path: str | Path, size: int | tuple[int, int], data: bytes | None = None, keep_aspect: bool = True) -> tuple[np.ndarray, Box, tuple[int, int]]:
+    """(array in the frame, the image's box in it, its displayed (width, height)): what inspection
+    needs to score an image and map its heat map back onto it."""
+    path = Path(path)
+    if data is None:
+        data = _read_bytes(path)
+    with _open_header(path, data) as img:
+        shown = _display_size(img)
+    return load_image(path, size, data=data, keep_aspect=keep_aspect), image_box(path, size, data, keep_aspect), shown
 
 
 def _mask_header(path: Path, data: bytes | None) -> tuple[str, tuple[int, int]]:
@@ -495,24 +545,27 @@ def open_mask(path: str | Path, data: bytes | None = None) -> np.ndarray:
 
 def load_mask(
     path: str | Path,
-    size: int | None = None,
+    size: Size = None,
     expected_size: tuple[int, int] | None = None,
     data: bytes | None = None,
+    keep_aspect: bool = True,
 ) -> np.ndarray:
-    """bool (size, size) mask; `expected_size` = (width, height) of its image, checked before decoding.
+    """bool (H, W) mask placed in the frame `size` exactly as its image is (zeros outside the
+    image's box); `expected_size` = (width, height) of its image, checked before decoding.
 
     Resizing uses NEAREST after binarising so the result stays strictly two-valued.
     """
-    _check_size(size)
+    frame = _check_size(size)
     path = Path(path)
     if data is None:
         data = _read_mask_bytes(path)
     if expected_size is not None:
         _check_mask_size(path, _mask_header(path, data)[1], expected_size)
     mask = open_mask(path, data=data)
-    if size is not None and mask.shape != (size, size):
+    if frame is not None and mask.shape != frame:
         img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-        mask = np.asarray(img.resize((int(size), int(size)), Image.Resampling.NEAREST)) > 127
+        box = fit_box(img.size, frame) if keep_aspect else Box(0, 0, *frame)
+        mask = place(img, frame, Image.Resampling.NEAREST, box=box, pad_edge=False) > 127
     return np.ascontiguousarray(mask, dtype=bool)
 
 
@@ -548,9 +601,9 @@ class ImageCache:
         self.misses = 0
 
     @staticmethod
-    def _key(kind: str, size: int | None, data: bytes) -> str:
+    def _key(kind: str, size: Size, data: bytes, keep_aspect: bool = True) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        return f"v{_CACHE_VERSION}-{kind}-{'native' if size is None else int(size)}-{digest}"
+        return f"v{_CACHE_VERSION}-{kind}-{_size_key(_check_size(size), keep_aspect)}-{digest}"
 
     def _disk_path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
@@ -603,35 +656,33 @@ class ImageCache:
                 warnings.warn(f"image cache: could not write {disk} ({exc})", RuntimeWarning, stacklevel=3)
         return arr
 
-    def image(self, path: str | Path, size: int | None) -> np.ndarray:
-        """uint8 (size, size, 3); the file is read once and decoded from those same bytes on a miss."""
-        _check_size(size)
+    def image(self, path: str | Path, size: Size, keep_aspect: bool = True) -> np.ndarray:
+        """uint8 (H, W, 3) in the frame `size`; the file is read once and decoded from those same bytes on a miss."""
+        frame = _check_size(size)
         path = Path(path)
         data = _read_bytes(path)
-        key = self._key("image", size, data)
-        shape = None if size is None else (int(size), int(size), 3)
-        arr = self._lookup(key, np.uint8, shape)
+        key = self._key("image", frame, data, keep_aspect)
+        arr = self._lookup(key, np.uint8, None if frame is None else (*frame, 3))
         if arr is not None:
             self.hits += 1
             return arr
         self.misses += 1
-        return self._store(key, load_image(path, size, data=data))
+        return self._store(key, load_image(path, frame, data=data, keep_aspect=keep_aspect))
 
-    def mask(self, path: str | Path, size: int | None, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-        """bool (size, size); the size check against `expected_size` runs on hits too (header only)."""
-        _check_size(size)
+    def mask(self, path: str | Path, size: Size, expected_size: tuple[int, int] | None = None, keep_aspect: bool = True) -> np.ndarray:
+        """bool (H, W) in the frame `size`; the size check against `expected_size` runs on hits too (header only)."""
+        frame = _check_size(size)
         path = Path(path)
         data = _read_mask_bytes(path)
         if expected_size is not None:
             _check_mask_size(path, _mask_header(path, data)[1], expected_size)
-        key = self._key("mask", size, data)
-        shape = None if size is None else (int(size), int(size))
-        arr = self._lookup(key, np.bool_, shape)
+        key = self._key("mask", frame, data, keep_aspect)
+        arr = self._lookup(key, np.bool_, frame)
         if arr is not None:
             self.hits += 1
             return arr
         self.misses += 1
-        return self._store(key, load_mask(path, size, data=data))
+        return self._store(key, load_mask(path, frame, data=data, keep_aspect=keep_aspect))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -640,34 +691,52 @@ class ImageCache:
 
 def load_images(
     samples: Sequence[Sample],
-    size: int,
+    size: int | tuple[int, int],
     cache: ImageCache | None = None,
     progress: ProgressFn | None = None,
+    keep_aspect: bool = True,
 ) -> np.ndarray:
-    """(N, size, size, 3) uint8 stack for the model; `progress(done, total)` after each image."""
-    _check_size(size)
+    """(N, H, W, 3) uint8 stack in the frame `size` for the model; `progress(done, total)` after each image."""
+    frame = _check_size(size)
+    assert frame is not None, "load_images needs a frame size"
     total = len(samples)
-    out = np.empty((total, size, size, 3), dtype=np.uint8)
+    out = np.empty((total, *frame, 3), dtype=np.uint8)
     for i, s in enumerate(samples):
-        out[i] = cache.image(s.path, size) if cache is not None else load_image(s.path, size)
+        out[i] = cache.image(s.path, frame, keep_aspect) if cache is not None else load_image(s.path, frame, keep_aspect=keep_aspect)
         if progress is not None:
             progress(i + 1, total)
     return out
 
 
-def load_masks(samples: Sequence[Sample], size: int, cache: ImageCache | None = None) -> np.ndarray:
-    """(N, size, size) bool ground truth; good samples are all False, defect masks must match their image size."""
-    _check_size(size)
-    out = np.zeros((len(samples), size, size), dtype=bool)
+def load_masks(samples: Sequence[Sample], size: int | tuple[int, int], cache: ImageCache | None = None, keep_aspect: bool = True) -> np.ndarray:
+    """(N, H, W) bool ground truth in the frame; good samples are all False, defect masks must match their image size."""
+    frame = _check_size(size)
+    assert frame is not None, "load_masks needs a frame size"
+    out = np.zeros((len(samples), *frame), dtype=bool)
     for i, s in enumerate(samples):
         if s.label == 0 or s.mask_path is None:
             continue  # good, or labelled at image level only: see pixel_truth
         expected = _image_display_size(s.path)
         if cache is not None:
-            out[i] = cache.mask(s.mask_path, size, expected_size=expected)
+            out[i] = cache.mask(s.mask_path, frame, expected_size=expected, keep_aspect=keep_aspect)
         else:
-            out[i] = load_mask(s.mask_path, size, expected_size=expected)
+            out[i] = load_mask(s.mask_path, frame, expected_size=expected, keep_aspect=keep_aspect)
     return out
+
+
+def image_sizes(samples: Sequence[Sample]) -> list[tuple[int, int]]:
+    """(width, height) of each sample as displayed, from headers only."""
+    return [_image_display_size(s.path) for s in samples]
+
+
+def valid_masks(samples: Sequence[Sample], size: int | tuple[int, int], keep_aspect: bool = True) -> np.ndarray | None:
+    """(N, H, W) bool: where each image lies in the frame (the rest is padding); None when every
+    image fills it, the common case of one aspect ratio per dataset."""
+    frame = _check_size(size)
+    assert frame is not None
+    if not keep_aspect:
+        return None
+    return valid_mask([fit_box(wh, frame) for wh in image_sizes(samples)], frame)
 
 
 def pixel_truth(samples: Sequence[Sample]) -> np.ndarray:

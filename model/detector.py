@@ -3,7 +3,9 @@
 In the spirit of a scikit-learn estimator: the constructor takes config, `fit` learns from
 good images only, and everything learned (weights, thresholds, preprocessing) is saved with
 the model, so inspection can never apply a model with the wrong resize or threshold.
-Images enter as uint8 arrays (N,H,W,3) already resized to `image_size` (see model.data).
+Images enter as uint8 arrays (N,H,W,3) already placed in the detector's `frame` (see
+model.frame: the short side is `image_size`, the long side follows the training images' aspect
+ratio); the frame is learned in `fit` from the images' shape and saved with the model.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import numpy as np
 import torch
 
 from model.calibration import decide
-from model.scoring import SCORE_METHODS, image_scores
+from model.frame import Frame, square
+from model.scoring import SCORE_METHODS, fill_outside, image_scores
 
 FORMAT_VERSION = 1
 METADATA_FILE = "detector.json"
@@ -40,10 +43,12 @@ def save_torch_atomic(obj: Any, path: Path) -> None:
 
 @dataclass
 class ScoreResult:
-    """Anomaly maps (N,H,W) at input resolution and pooled image scores by method."""
+    """Anomaly maps (N,H,W) at input resolution and pooled image scores by method; `valid`
+    (N,H,W) marks each image's own pixels when some images are padded in the frame (else None)."""
 
     maps: np.ndarray
     scores: dict[str, np.ndarray]
+    valid: np.ndarray | None = None
 
 
 class Detector(ABC):
@@ -53,6 +58,8 @@ class Detector(ABC):
         if score_method not in SCORE_METHODS:
             raise ValueError(f"unknown score method {score_method!r}; expected one of {SCORE_METHODS}")
         self.image_size = image_size
+        self.frame: Frame = square(image_size)  # set from the training images by fit()
+        self.keep_aspect = True  # False only for models saved before frames existed (they squashed)
         self.score_method = score_method
         self.score_sigma = score_sigma
         self.threshold: float | None = None  # image-level, calibrated on held-out normals
@@ -69,16 +76,25 @@ class Detector(ABC):
 
     def check_images(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
-        expected = (self.image_size, self.image_size, 3)
+        expected = (*self.frame, 3)
         if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"expected images of shape (N, {self.image_size}, {self.image_size}, 3), got {images.shape}")
+            raise ValueError(f"expected images of shape (N, {self.frame[0]}, {self.frame[1]}, 3), got {images.shape}")
         if images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images, got {images.dtype}")
         return images
 
-    def score(self, images: np.ndarray) -> ScoreResult:
-        maps = self.anomaly_maps(images)
-        return ScoreResult(maps=maps, scores=image_scores(maps, self.score_sigma))
+    def set_frame(self, images: np.ndarray) -> np.ndarray:
+        """Learn the frame from the training images' shape (fit calls this first)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) != self.image_size:
+            raise ValueError(f"expected training images (N, H, W, 3) with short side {self.image_size}, got {images.shape}")
+        self.frame = (int(images.shape[1]), int(images.shape[2]))
+        return self.check_images(images)
+
+    def score(self, images: np.ndarray, valid: np.ndarray | None = None) -> ScoreResult:
+        """Maps and image scores; with `valid`, padding is left out of both (model.frame)."""
+        maps = fill_outside(self.anomaly_maps(images), valid)
+        return ScoreResult(maps=maps, scores=image_scores(maps, self.score_sigma, valid), valid=valid)
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         if self.threshold is None:
@@ -105,6 +121,8 @@ class Detector(ABC):
             "format_version": FORMAT_VERSION,
             "family": self.family,
             "image_size": self.image_size,
+            "frame": list(self.frame),
+            "keep_aspect": self.keep_aspect,
             "score_method": self.score_method,
             "score_sigma": self.score_sigma,
             "threshold": self.threshold,
@@ -149,5 +167,8 @@ def load_detector(directory: str | Path) -> Detector:
     det.score_sigma = meta["score_sigma"]
     det.threshold = meta["threshold"]
     det.pixel_threshold = meta["pixel_threshold"]
+    # Saved before frames existed: a square frame, and images were squashed into it.
+    det.frame = tuple(meta.get("frame") or (det.image_size, det.image_size))  # type: ignore[assignment]
+    det.keep_aspect = bool(meta.get("keep_aspect", False))
     det._load_weights(directory)
     return det

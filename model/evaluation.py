@@ -37,6 +37,7 @@ def evaluate(
     pixel_threshold: float | None,
     paths: list[str] | None = None,
     pixel_truth: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> Evaluation:
     """All metrics of one scored test split.
 
@@ -44,6 +45,8 @@ def evaluate(
     defects: defect type per image ("good" for normals); pixel_truth: which images have pixel
     ground truth (default all). Defect images without it (image-level labels only) count for image
     metrics and are left out of pixel metrics, which are absent (not zero) when no mask is left.
+    valid (N,H,W): each image's own pixels when images were padded into the frame (model.frame);
+    pixel metrics leave the padding out.
     """
     labels = np.asarray(labels).astype(int)
     out: dict[str, float] = {}
@@ -78,6 +81,7 @@ def evaluate(
     note = ""
     if masks is not None and maps is not None:
         masks, maps = np.asarray(masks, dtype=bool)[truth], np.asarray(maps)[truth]
+        valid = None if valid is None else np.asarray(valid, bool)[truth]
         pix_defects = [d for d, t in zip(defects, truth) if t]
     if masks is None or maps is None or not masks.any():
         note = "absent: " + (f"defect types {', '.join(unmasked)} have image-level labels only (no ground_truth masks)"
@@ -85,13 +89,13 @@ def evaluate(
     elif unmasked:
         note = f"on defect types with masks only; {', '.join(unmasked)} have image-level labels only (no ground_truth masks)"
     if masks is not None and maps is not None and masks.any():
-        out["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
-        out["pixel_aupro"] = metrics.pixel_aupro(masks, maps, 0.3)
+        out["pixel_auroc"] = metrics.pixel_auroc(masks, maps, valid)
+        out["pixel_aupro"] = metrics.pixel_aupro(masks, maps, 0.3, valid)
         if pixel_threshold is not None:
-            by_defect = metrics.pixel_iou_by_defect(masks, maps, pix_defects, pixel_threshold)
+            by_defect = metrics.pixel_iou_by_defect(masks, maps, pix_defects, pixel_threshold, valid)
             out["pixel_threshold"] = float(pixel_threshold)
             out["pixel_iou"] = by_defect["overall"]
-            out["good_pixel_fpr"] = metrics.good_image_false_positive_rate(masks, maps, pixel_threshold)
+            out["good_pixel_fpr"] = metrics.good_image_false_positive_rate(masks, maps, pixel_threshold, valid)
             counts = {d: int(sum(1 for i, dd in enumerate(pix_defects) if dd == d and masks[i].any())) for d in by_defect if d != "overall"}
             for d in sorted(k for k in by_defect if k != "overall"):
                 out[f"pixel_iou_{d}"] = by_defect[d]
@@ -99,7 +103,7 @@ def evaluate(
             iou_rows.append({"defect": "overall", "n_images": sum(counts.values()), "pixel_iou": by_defect["overall"]})
         # Upper bound at the test-optimal threshold: reported as an oracle, never used to decide.
         extra = [pixel_threshold] if pixel_threshold is not None else []
-        out["pixel_iou_oracle"], out["pixel_threshold_oracle"] = metrics.pixel_iou_oracle(masks, maps, extra)
+        out["pixel_iou_oracle"], out["pixel_threshold_oracle"] = metrics.pixel_iou_oracle(masks, maps, extra, valid=valid)
 
     per_image = []
     for i in range(len(labels)):

@@ -33,6 +33,7 @@ from typing import Iterator
 import numpy as np
 
 from model.data import IMAGE_EXTENSIONS, display_path
+from model.frame import Box, display_size, to_image_frame, valid_mask
 
 RESULTS_FILE = "results.csv"
 LOCK_FILE = ".inspection.lock"
@@ -319,6 +320,27 @@ def overlay_rgb(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: 
     return (image.astype(np.float32) * (1 - alpha) + heat * alpha).round().astype(np.uint8)
 
 
+FIGURE_LONG_SIDE = 1024  # heat maps and overlays: the image's own aspect ratio, long side at most this
+
+
+def in_image_frame(item: Item, framed: np.ndarray, anomaly_map: np.ndarray, box: Box, shown: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(picture, map) over the image itself: the map cropped to the image's box in the model
+    frame and resized to the image's own aspect ratio (long side <= FIGURE_LONG_SIDE); the picture
+    decoded again at that size, so the overlay shows the part, not the model's small input."""
+    from PIL import Image
+
+    from model.data import open_image
+
+    size = display_size(shown, FIGURE_LONG_SIDE)
+    heat = to_image_frame(anomaly_map, box, size)
+    try:
+        picture = np.asarray(open_image(item.path, data=item.raw, at_least=size).resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - it decoded a moment ago; fall back to the model input
+        crop = framed[box.top : box.top + box.height, box.left : box.left + box.width]
+        picture = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+    return picture, heat
+
+
 def _open_no_follow(path: Path, flags: int) -> int:
     """os.open that refuses a symlink planted in the output folder (it could redirect our writes)."""
     try:
@@ -463,34 +485,37 @@ def score_items(
     """Decode, score and decide one batch of read items (bad files become ERROR rows); heat
     maps of DEFECTs go to figures_dir. The one scoring step of both the local and sharded runs."""
     from model.calibration import DEFECT, decide
-    from model.data import load_image
+    from model.data import load_framed
 
     def make_row(item: Item, score: float | None, decision: str, error: str = "") -> Row:
         return Row(item.rel, item.sha256, score, decision, threshold, model_name, model_version, now_iso(), error)
 
     vmax = 2 * detector.pixel_threshold if detector.pixel_threshold else None
     rows: list[Row] = []
-    images, keep = [], []
+    images, keep, boxes, sizes = [], [], [], []
     for item in items:
         if item.raw is None:
             rows.append(make_row(item, None, ERROR, item.read_error))
             continue
         try:
-            images.append(load_image(item.path, detector.image_size, data=item.raw))
+            arr, box, shown = load_framed(item.path, detector.frame, data=item.raw, keep_aspect=detector.keep_aspect)
+            images.append(arr)
+            boxes.append(box)
+            sizes.append(shown)
             keep.append(item)
         except Exception as exc:  # every bad file becomes an ERROR row; the batch goes on
             rows.append(make_row(item, None, ERROR, getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
     if images:
         batch = np.stack(images)
-        result = detector.score(batch)
+        result = detector.score(batch, valid_mask(boxes, detector.frame))
         scores = result.scores[detector.score_method]
         for i, (item, s, d) in enumerate(zip(keep, scores, decide(scores, threshold))):
             if d == DEFECT and write_figures:
                 heat_path, over_path = defect_figure_paths(figures_dir, item.sha256)
-                m = result.maps[i]
+                picture, m = in_image_frame(item, batch[i], result.maps[i], boxes[i], sizes[i])
                 scale = vmax or float(m.max())
                 save_png_atomic(heatmap_rgb(m, scale), heat_path)
-                save_png_atomic(overlay_rgb(batch[i], m, scale), over_path)
+                save_png_atomic(overlay_rgb(picture, m, scale), over_path)
             rows.append(make_row(item, float(s), str(d)))
     return rows
 

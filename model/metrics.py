@@ -90,6 +90,19 @@ def _check_pixel_inputs(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray
     return masks_arr.astype(bool), maps_arr
 
 
+def _valid_pixels(valid: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``valid`` (N, H, W) marks each image's own pixels when images are padded to a common
+    frame (see model.frame); pixel metrics leave the padding out entirely. None: all pixels."""
+    if valid is None:
+        return None
+    v = np.asarray(valid, dtype=bool)
+    if v.ndim == 2:
+        v = v[None]
+    if v.shape != shape:
+        raise ValueError(f"valid must have the shape of the maps, got {v.shape} and {shape}")
+    return v
+
+
 # --------------------------------------------------------------------------- #
 # image level
 # --------------------------------------------------------------------------- #
@@ -154,13 +167,16 @@ def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
 # --------------------------------------------------------------------------- #
 # pixel level: threshold-free
 # --------------------------------------------------------------------------- #
-def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
-    """AUROC over all pixels of all images pooled together.
+def pixel_auroc(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """AUROC over all pixels of all images pooled together (the `valid` ones only, if given).
 
     Pooling (rather than averaging per image) matches the MVTec AD protocol and
     keeps good images (no positive pixel) in the evaluation.
     """
     masks_b, maps_f = _check_pixel_inputs(masks, maps)
+    v = _valid_pixels(valid, masks_b.shape)
+    if v is not None:
+        masks_b, maps_f = masks_b[v], maps_f[v]
     n_pos = int(np.count_nonzero(masks_b))
     if n_pos == 0:
         raise ValueError("pixel_auroc needs at least one positive (defective) mask pixel")
@@ -192,6 +208,7 @@ def pro_curve(
     maps: np.ndarray,
     max_fpr: float = 0.3,
     num_thresholds: int | None = None,
+    valid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap (PRO) curve ``(fprs, pros)`` of the MVTec AD protocol.
 
@@ -216,11 +233,17 @@ def pro_curve(
     if num_thresholds is not None and num_thresholds < 2:
         raise ValueError(f"num_thresholds must be >= 2, got {num_thresholds}")
     masks_b, maps_f = _check_pixel_inputs(masks, maps)
+    v = _valid_pixels(valid, masks_b.shape)
+    if v is not None:
+        masks_b = masks_b & v
 
     region_ids, n_regions = _label_regions(masks_b)
     if n_regions == 0:
         raise ValueError("pro_curve needs at least one ground-truth defect region (masks are all empty)")
     region_ids = region_ids.ravel()
+    scores = maps_f.ravel()
+    if v is not None:  # padding is neither a normal pixel nor part of a region
+        region_ids, scores = region_ids[v.ravel()], scores[v.ravel()]
     region_sizes = np.bincount(region_ids, minlength=n_regions + 1)
     n_normal = int(region_sizes[0])
     if n_normal == 0:
@@ -233,7 +256,6 @@ def pro_curve(
     pro_weight = weight_per_region[region_ids]
     is_normal = region_ids == 0
 
-    scores = maps_f.ravel()
     order = np.argsort(-scores)
     sorted_scores = scores[order]
     cum_fp = np.cumsum(is_normal[order], dtype=np.int64)
@@ -281,14 +303,14 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return _trapezoid(xs, ys)
 
 
-def pixel_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
+def pixel_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3, valid: np.ndarray | None = None) -> float:
     """Normalised area under the PRO curve for FPR in ``[0, max_fpr]``.
 
     Restricting to low FPR (0.3 by MVTec convention) focuses on operating
     points that are usable in practice; dividing by ``max_fpr`` makes a perfect
     detector score 1.0. Raises ``ValueError`` if there is no defect region.
     """
-    fprs, pros = pro_curve(masks, maps, max_fpr=max_fpr)
+    fprs, pros = pro_curve(masks, maps, max_fpr=max_fpr, valid=valid)
     return _area_up_to(fprs, pros, max_fpr) / max_fpr
 
 
@@ -311,7 +333,7 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return int(np.count_nonzero(pred_b & gt_b)) / union
 
 
-def pixel_iou_per_image(masks: np.ndarray, maps: np.ndarray, threshold: float) -> np.ndarray:
+def pixel_iou_per_image(masks: np.ndarray, maps: np.ndarray, threshold: float, valid: np.ndarray | None = None) -> np.ndarray:
     """Per-image IoU of ``maps >= threshold`` against ``masks`` (shape ``(N,)``).
 
     Per image rather than pooled so that small defects count as much as large
@@ -319,6 +341,9 @@ def pixel_iou_per_image(masks: np.ndarray, maps: np.ndarray, threshold: float) -
     """
     masks_b, maps_f = _check_pixel_inputs(masks, maps)
     pred = maps_f >= threshold
+    v = _valid_pixels(valid, masks_b.shape)
+    if v is not None:
+        pred, masks_b = pred & v, masks_b & v
     inter = np.count_nonzero(pred & masks_b, axis=(1, 2))
     union = np.count_nonzero(pred | masks_b, axis=(1, 2))
     out = np.ones(masks_b.shape[0], dtype=np.float64)
@@ -332,6 +357,7 @@ def pixel_iou_by_defect(
     maps: np.ndarray,
     defects: list[str],
     threshold: float,
+    valid: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Mean per-image IoU per defect type, plus ``"overall"``.
 
@@ -349,7 +375,7 @@ def pixel_iou_by_defect(
     defective = masks_b.any(axis=(1, 2))
     if not defective.any():
         raise ValueError("pixel_iou_by_defect needs at least one image with a non-empty mask")
-    ious = pixel_iou_per_image(masks_b, maps_f, threshold)
+    ious = pixel_iou_per_image(masks_b, maps_f, threshold, valid)
     names = np.asarray(defects, dtype=object)
 
     result: dict[str, float] = {}
@@ -383,6 +409,7 @@ def pixel_iou_oracle(
     maps: np.ndarray,
     extra_thresholds: Sequence[float] = (),
     num_candidates: int = 64,
+    valid: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Best mean per-image IoU over defective images on a threshold grid: (iou, threshold).
 
@@ -396,18 +423,20 @@ def pixel_iou_oracle(
     if not defective.any():
         raise ValueError("pixel_iou_oracle needs at least one image with a non-empty mask")
     m, s = masks_b[defective], maps_f[defective]
-    inside = s[m]
+    v = _valid_pixels(valid, masks_b.shape)
+    v = None if v is None else v[defective]
+    inside = s[m if v is None else m & v]
     grid = np.quantile(inside, np.linspace(0.0, 1.0, num_candidates))
     candidates = np.unique(np.concatenate([grid, np.asarray(extra_thresholds, dtype=np.float64)]))
     best_iou, best_thr = -1.0, float(candidates[0])
     for thr in candidates:
-        value = float(pixel_iou_per_image(m, s, float(thr)).mean())
+        value = float(pixel_iou_per_image(m, s, float(thr), v).mean())
         if value > best_iou:
             best_iou, best_thr = value, float(thr)
     return best_iou, best_thr
 
 
-def good_image_false_positive_rate(masks: np.ndarray, maps: np.ndarray, threshold: float) -> float:
+def good_image_false_positive_rate(masks: np.ndarray, maps: np.ndarray, threshold: float, valid: np.ndarray | None = None) -> float:
     """Fraction of pixels of good (empty-mask) images with ``map >= threshold``.
 
     Companion to :func:`pixel_iou_by_defect`, which ignores good images: a low
@@ -418,4 +447,6 @@ def good_image_false_positive_rate(masks: np.ndarray, maps: np.ndarray, threshol
     good = ~masks_b.any(axis=(1, 2))
     if not good.any():
         return 0.0
-    return float(np.count_nonzero(maps_f[good] >= threshold) / maps_f[good].size)
+    v = _valid_pixels(valid, masks_b.shape)
+    own = np.ones_like(masks_b[good]) if v is None else v[good]
+    return float(np.count_nonzero((maps_f[good] >= threshold) & own) / np.count_nonzero(own))

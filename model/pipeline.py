@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from model import calibration, data, plots
+from model.frame import Frame, model_frame
 from model.autoencoder import AutoencoderDetector
 from model.config import TrainConfig
 from model.demo import make_demo_dataset
@@ -72,7 +73,7 @@ def load_dataset(root: Path, category: str) -> data.Dataset:
 
 @dataclass
 class Arrays:
-    """Decoded, resized images of every split the run needs."""
+    """Decoded images of every split the run needs, placed in the dataset's frame."""
 
     fit: np.ndarray
     holdout: np.ndarray
@@ -82,44 +83,64 @@ class Arrays:
     holdout_samples: list[data.Sample]
     test_samples: list[data.Sample]
     test_gate: np.ndarray | None = None  # True: the promotion gate's part of the test split
+    holdout_valid: np.ndarray | None = None  # (N,H,W) each image's own pixels; None = no padding (model.frame)
+    test_valid: np.ndarray | None = None
+
+    @property
+    def frame(self) -> Frame:
+        return (int(self.fit.shape[1]), int(self.fit.shape[2]))
 
     def test_part(self, gate: bool) -> tuple["Arrays", np.ndarray]:
         """(these arrays with only the gate or only the reported part of the test split, its index)."""
         in_gate = self.test_gate if self.test_gate is not None else np.zeros(len(self.test_samples), bool)
         idx = np.flatnonzero(in_gate == gate)
         part = Arrays(self.fit, self.holdout, self.test[idx], self.test_masks[idx], self.fit_samples,
-                      self.holdout_samples, [self.test_samples[i] for i in idx], in_gate[idx])
+                      self.holdout_samples, [self.test_samples[i] for i in idx], in_gate[idx],
+                      self.holdout_valid, None if self.test_valid is None else self.test_valid[idx])
         return part, idx
 
 
 def take(result: ScoreResult, idx: np.ndarray) -> ScoreResult:
     """The rows `idx` of a scored batch."""
-    return ScoreResult(result.maps[idx], {k: v[idx] for k, v in result.scores.items()})
+    return ScoreResult(result.maps[idx], {k: v[idx] for k, v in result.scores.items()}, None if result.valid is None else result.valid[idx])
+
+
+def dataset_frame(samples: list[data.Sample], config: TrainConfig) -> Frame:
+    """The model frame for this training set (model.frame): read from image headers only."""
+    return model_frame(data.image_sizes(samples), config.image_size, config.keep_aspect)
 
 
 def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None] = print) -> Arrays:
-    size = config.image_size
     cache = data.ImageCache(config.cache_dir)
     fit_s, hold_s = data.split_train(ds.train, config.holdout_fraction, config.seed)
     t0 = time.perf_counter()
-    fit = data.load_images(fit_s, size, cache)
-    holdout = data.load_images(hold_s, size, cache)
-    test = data.load_images(ds.test, size, cache) if ds.test else np.zeros((0, size, size, 3), np.uint8)
-    masks = data.load_masks(ds.test, size, cache) if ds.test else np.zeros((0, size, size), bool)
+    frame = dataset_frame(fit_s, config)
+    fit = data.load_images(fit_s, frame, cache)
+    holdout = data.load_images(hold_s, frame, cache)
+    test = data.load_images(ds.test, frame, cache) if ds.test else np.zeros((0, *frame, 3), np.uint8)
+    masks = data.load_masks(ds.test, frame, cache) if ds.test else np.zeros((0, *frame), bool)
     gate = data.partition_test(ds.test, config.gate_fraction)
+    hold_valid = data.valid_masks(hold_s, frame, config.keep_aspect)
+    test_valid = data.valid_masks(ds.test, frame, config.keep_aspect) if ds.test else None
+    padded = sum(int((~v).any(axis=(1, 2)).sum()) for v in (hold_valid, test_valid, data.valid_masks(fit_s, frame, config.keep_aspect)) if v is not None)
     log(f"loaded {len(fit)} fit, {len(holdout)} held-out normal, {len(test)} test images ({int(gate.sum())} of them for the "
-        f"promotion gate only) at {size}px in {time.perf_counter() - t0:.1f}s")
-    return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test), gate)
+        f"promotion gate only) in a {frame[0]}x{frame[1]} frame (HxW"
+        + (f"; aspect ratio kept, {padded} padded" if config.keep_aspect else "; squashed") + f") in {time.perf_counter() - t0:.1f}s")
+    return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test), gate, hold_valid, test_valid)
 
 
 def build_detector(config: TrainConfig) -> Detector:
+    det: Detector
     if config.detector == "autoencoder":
-        return AutoencoderDetector(config.autoencoder, score_method=config.score_method, seed=config.seed)
-    if config.detector == "patchcore":
+        det = AutoencoderDetector(config.autoencoder, score_method=config.score_method, seed=config.seed)
+    elif config.detector == "patchcore":
         from model.patchcore import PatchCoreDetector
 
-        return PatchCoreDetector(config.patchcore, score_method=config.score_method, seed=config.seed)
-    raise ValueError(f"unknown detector {config.detector!r}")
+        det = PatchCoreDetector(config.patchcore, score_method=config.score_method, seed=config.seed)
+    else:
+        raise ValueError(f"unknown detector {config.detector!r}")
+    det.keep_aspect = config.keep_aspect  # saved with the model: inspection prepares images the same way
+    return det
 
 
 def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Detector, list[dict[str, Any]], float]:
@@ -142,7 +163,7 @@ def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: Score
         percentile=config.threshold_percentile,
         target_fpr=config.target_fpr,
     )
-    det.pixel_threshold = calibration.pixel_threshold(holdout_result.maps, config.pixel_threshold_percentile)
+    det.pixel_threshold = calibration.pixel_threshold(holdout_result.maps, config.pixel_threshold_percentile, holdout_result.valid)
     return {"threshold": det.threshold, "pixel_threshold": det.pixel_threshold}
 
 
@@ -159,6 +180,7 @@ def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, scor
         pixel_threshold=det.pixel_threshold,
         paths=[str(s.path) for s in arrays.test_samples],
         pixel_truth=data.pixel_truth(arrays.test_samples),
+        valid=test_result.valid,
     )
 
 
@@ -169,10 +191,11 @@ def evaluate_detector(det: Detector, ds: data.Dataset, gate_fraction: float, cac
     if not samples:
         raise ValueError(f"dataset {ds.category} has no gate part of the test split to evaluate on (gate_fraction={gate_fraction}, {len(ds.test)} test images)")
     cache = data.ImageCache(cache_dir)
-    images = data.load_images(samples, det.image_size, cache)
-    masks = data.load_masks(samples, det.image_size, cache)
-    arrays = Arrays(images[:0], images[:0], images, masks, [], [], samples)
-    return evaluate_split(det, arrays, det.score(images), det.score_method)
+    images = data.load_images(samples, det.frame, cache, keep_aspect=det.keep_aspect)
+    masks = data.load_masks(samples, det.frame, cache, keep_aspect=det.keep_aspect)
+    valid = data.valid_masks(samples, det.frame, det.keep_aspect)
+    arrays = Arrays(images[:0], images[:0], images, masks, [], [], samples, test_valid=valid)
+    return evaluate_split(det, arrays, det.score(images, valid), det.score_method)
 
 
 GATE_METRICS = ("image_auroc", "image_auroc_mean", "image_auroc_max", "image_auroc_smoothed_max", "pixel_auroc", "pixel_aupro", "pixel_iou")

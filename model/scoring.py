@@ -77,16 +77,38 @@ def smooth_maps(maps: np.ndarray | torch.Tensor, sigma: float) -> np.ndarray:
     return t.numpy().astype(np.float32, copy=False)
 
 
-def image_scores(maps: np.ndarray, smooth_sigma: float = 4.0) -> dict[str, np.ndarray]:
-    """Pool maps (N,H,W) into image scores: mean, max and smoothed max (keys of SCORE_METHODS)."""
+def fill_outside(maps: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Maps with every pixel outside the image's box (padding, see model.frame) set to the
+    lowest value inside it, so padding can neither raise a score nor show on a heat map."""
+    if valid is None:
+        return maps
+    maps = np.array(maps, dtype=np.float32, copy=True)
+    for i in range(len(maps)):
+        inside = maps[i][valid[i]]
+        maps[i][~valid[i]] = inside.min() if inside.size else 0.0
+    return maps
+
+
+def image_scores(maps: np.ndarray, smooth_sigma: float = 4.0, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Pool maps (N,H,W) into image scores: mean, max and smoothed max (keys of SCORE_METHODS).
+
+    valid (N,H,W) bool: pool over each image's own pixels only (padding left out)."""
     maps = np.asarray(maps, dtype=np.float32)
     n, pixels = maps.shape[0], int(np.prod(maps.shape[1:]))
     if n == 0:
         return {m: np.zeros(0) for m in SCORE_METHODS}
+    maps = fill_outside(maps, valid)
     flat = maps.reshape(n, pixels)
     smoothed = smooth_maps(maps, smooth_sigma).reshape(n, pixels)
+    if valid is None:
+        return {
+            "mean": flat.mean(axis=1).astype(np.float64),
+            "max": flat.max(axis=1).astype(np.float64),
+            "smoothed_max": smoothed.max(axis=1).astype(np.float64),
+        }
+    v = np.asarray(valid, bool).reshape(n, pixels)
     return {
-        "mean": flat.mean(axis=1).astype(np.float64),
-        "max": flat.max(axis=1).astype(np.float64),
-        "smoothed_max": smoothed.max(axis=1).astype(np.float64),
+        "mean": np.array([f[m].mean() for f, m in zip(flat, v)], dtype=np.float64),
+        "max": np.array([f[m].max() for f, m in zip(flat, v)], dtype=np.float64),
+        "smoothed_max": np.array([f[m].max() for f, m in zip(smoothed, v)], dtype=np.float64),
     }

@@ -11,10 +11,10 @@ from model.detector import Detector, ScoreResult
 
 
 @task(name="score_images", cache_policy=NO_CACHE)
-def score_images(detector: Detector, images: np.ndarray, split: str) -> tuple[ScoreResult, float]:
-    """Returns the result and throughput (images/s) of the model call."""
+def score_images(detector: Detector, images: np.ndarray, split: str, valid: np.ndarray | None = None) -> tuple[ScoreResult, float]:
+    """Returns the result and throughput (images/s) of the model call; `valid` marks padding (model.frame)."""
     t0 = time.perf_counter()
-    result = detector.score(images)
+    result = detector.score(images, valid)
     seconds = time.perf_counter() - t0
     rate = len(images) / seconds if len(images) and seconds > 0 else float("nan")
     get_run_logger().info("scored %d %s images (%.1f images/s)", len(images), split, rate)

@@ -37,6 +37,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from model import data
 from model.detector import Detector, load_detector
+from model.frame import valid_mask
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"
@@ -262,8 +263,8 @@ class AnomaflowModel(mlflow.pyfunc.PythonModel):
         self.detector = load_detector(context.artifacts["detector"])
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
-        images = _decode_input(model_input, self.detector.image_size)
-        result = self.detector.score(images)
+        images, valid = _decode_input(model_input, self.detector)
+        result = self.detector.score(images, valid)
         scores = result.scores[self.detector.score_method]
         out = pd.DataFrame({
             "score": scores.astype(float),
@@ -275,16 +276,21 @@ class AnomaflowModel(mlflow.pyfunc.PythonModel):
         return out
 
 
-def _decode_input(model_input: Any, size: int) -> np.ndarray:
+def _decode_input(model_input: Any, detector: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images in the detector's frame and where each lies in it (model.frame)."""
     if isinstance(model_input, pd.DataFrame):
         if "image" in model_input and model_input["image"].notna().all():
-            return np.stack([data.load_image(f"<row {i}>", size, data=_as_bytes(b)) for i, b in enumerate(model_input["image"])])
-        if "path" in model_input:
-            return np.stack([data.load_image(Path(p), size) for p in model_input["path"]])
-        raise ValueError("input needs an 'image' column (encoded image bytes) or a 'path' column")
-    if isinstance(model_input, (list, tuple)):
-        return np.stack([data.load_image(Path(p), size) for p in model_input])
-    raise ValueError(f"unsupported input type {type(model_input).__name__}")
+            sources = [(f"<row {i}>", _as_bytes(b)) for i, b in enumerate(model_input["image"])]
+        elif "path" in model_input:
+            sources = [(Path(p), None) for p in model_input["path"]]
+        else:
+            raise ValueError("input needs an 'image' column (encoded image bytes) or a 'path' column")
+    elif isinstance(model_input, (list, tuple)):
+        sources = [(Path(p), None) for p in model_input]
+    else:
+        raise ValueError(f"unsupported input type {type(model_input).__name__}")
+    loaded = [data.load_framed(p, detector.frame, data=b, keep_aspect=detector.keep_aspect) for p, b in sources]
+    return np.stack([a for a, _, _ in loaded]), valid_mask([box for _, box, _ in loaded], detector.frame)
 
 
 def _as_bytes(value: Any) -> bytes:

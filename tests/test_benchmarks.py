@@ -54,13 +54,15 @@ def test_pixel_threshold_benchmark_reads_no_test_image_and_stores_what_it_prints
 def test_generalisation_benchmark_runs_the_flow_steps_per_dataset_and_prints_one_table(demo_root, tmp_path, capsys):
     bench = load_script("generalisation")
     rc = bench.main(["--datasets", f"tiny={demo_root}:demo", f"absent={tmp_path}:nothing", "--families", "patchcore",
-                     "--seeds", "0", "--threads", "2", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "g.json")])
+                     "--frames", "keep", "square", "--seeds", "0", "--threads", "2", "--cache-dir", str(tmp_path / "cache"),
+                     "--json", str(tmp_path / "g.json")])
     assert rc == 0
     out = capsys.readouterr().out
     stored = json.loads((tmp_path / "g.json").read_text())
-    (rec,) = stored["results"]
+    rec, squashed = stored["results"]
     assert rec["dataset"] == "tiny" and 0.0 <= rec["metrics"]["recall_at_test_fpr_5pct"] <= 1.0 and rec["images_per_second"] > 0
+    assert rec["keep_aspect"] and not squashed["keep_aspect"] and rec["frame"] == [256, 256]
     assert stored["skipped"] and "absent" in stored["skipped"][0]
-    assert "| tiny | patchcore | 0 |" in out and "skipped absent" in out
+    assert "| tiny | patchcore | 256x256 | 0 |" in out and "| tiny | patchcore | 256x256 squashed | 0 |" in out and "skipped absent" in out
     assert bench.main(["--from-json", str(tmp_path / "g.json")]) == 0
-    assert "| tiny | patchcore | 0 |" in capsys.readouterr().out
+    assert "| tiny | patchcore | 256x256 | 0 |" in capsys.readouterr().out

@@ -128,8 +128,8 @@ def test_train_on_a_dataset_without_masks_reports_image_metrics_and_says_why_no_
 
 def test_ten_grayscale_jpegs_of_mixed_sizes_train_and_evaluate(tmp_path):
     """A small product as it comes: 10 good grayscale JPEGs of three sizes and aspect ratios, a
-    test split with masks of each image's own size. (Images are still resized to one square size:
-    issue 12 keeps aspect-preserving preprocessing open; this pins that such data runs end to end.)"""
+    test split with masks of each image's own size. Each image keeps its aspect ratio in the
+    model frame, and inspection returns heat maps and overlays in each image's own frame."""
     import numpy as np
     from PIL import Image
 
@@ -168,3 +168,19 @@ def test_ten_grayscale_jpegs_of_mixed_sizes_train_and_evaluate(tmp_path):
     assert validation["image_modes"] == {"L": 16} and len(validation["image_sizes"]) == 3
     assert "pixel_auroc" in m and 0.0 <= m["image_auroc"] <= 1.0 and m["threshold"] > 0
     assert json.loads((out / "history.json").read_text())[0]["images"] == 8  # 10 minus 2 held out
+
+    import hashlib
+
+    from model.detector import load_detector
+    from model.inspection import RowBuffer, defect_figure_paths, inspect_files
+
+    det = load_detector(out / "model")
+    assert det.keep_aspect and min(det.frame) == 64  # short side = --image-size, long side from the median ratio
+    inbox = cat / "test" / "crack"
+    files = sorted(inbox.glob("*.jpg"))
+    buf = RowBuffer(tmp_path / "inspected")
+    inspect_files(det, files, inbox, buf, model_name="m", model_version="1", threshold=-1e9)  # every part a DEFECT: figures for all
+    for f in files:
+        heat, over = defect_figure_paths(buf.dir, hashlib.sha256(f.read_bytes()).hexdigest())
+        with Image.open(f) as src, Image.open(heat) as h, Image.open(over) as o:
+            assert h.size == o.size == src.size  # the image's own frame, not the model's

@@ -327,8 +327,14 @@ def test_load_image_resizes(tmp_path: Path) -> None:
     small = load_image(path, 16)
     assert small.shape == (16, 16, 3) and small.dtype == np.uint8
     with Image.open(path) as src:
-        expected = np.asarray(src.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
-    np.testing.assert_array_equal(small, expected)
+        squashed = np.asarray(src.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
+        kept = np.asarray(src.convert("RGB").resize((16, 11), Image.Resampling.BILINEAR))
+    # The aspect ratio is kept: 30x20 fills 16x11 rows 2..12 of the square frame, edge rows repeat.
+    np.testing.assert_array_equal(small[2:13], kept)
+    np.testing.assert_array_equal(small[:2], np.repeat(kept[:1], 2, axis=0))
+    np.testing.assert_array_equal(small[13:], np.repeat(kept[-1:], 3, axis=0))
+    np.testing.assert_array_equal(load_image(path, 16, keep_aspect=False), squashed)
+    assert load_image(path, (16, 24)).shape == (16, 24, 3)
     with pytest.raises(ValueError, match="size"):
         load_image(path, 0)
 
@@ -747,10 +753,10 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result_size(tmp_pa
     yy, xx = np.mgrid[0:1200, 0:1600]
     grey = (128 + 60 * np.sin(xx / 40) * np.cos(yy / 55) + rng.normal(0, 4, xx.shape)).clip(0, 255).astype(np.uint8)
     path = save(tmp_path / "big.jpg", Image.fromarray(grey, "L"), quality=92)
-    small = load_image(path, 128)
+    small = load_image(path, (96, 128))  # the frame of a 4:3 dataset: the image fills it
     with Image.open(path) as src:
-        full = np.asarray(src.convert("RGB").resize((128, 128), Image.Resampling.BILINEAR)).astype(int)
-    assert small.shape == (128, 128, 3) and np.abs(small.astype(int) - full).mean() < 1.5
+        full = np.asarray(src.convert("RGB").resize((128, 96), Image.Resampling.BILINEAR)).astype(int)
+    assert small.shape == (96, 128, 3) and np.abs(small.astype(int) - full).mean() < 1.5
     drafted = open_image(path, at_least=128)
     assert drafted.size == (200, 150)  # 1/8 scale: the smallest DCT scale with both sides >= 128
     assert open_image(path).size == (1600, 1200)

@@ -121,7 +121,7 @@ def test_identical_files_under_two_names_each_get_a_row_scored_once(detector, in
     shutil.copy(inbox / "img 5.png", inbox / "z late copy.png")  # its original is in an earlier batch
     scored: list[int] = []
     real_score = detector.score
-    monkeypatch.setattr(detector, "score", lambda images: scored.append(len(images)) or real_score(images))
+    monkeypatch.setattr(detector, "score", lambda images, valid=None: scored.append(len(images)) or real_score(images, valid))
     out = tmp_path / "out"
     s = run(detector, inbox, out, batch_size=3)
     rows = {r["path"]: r for r in inspection.read_results(out / "results.csv")}

@@ -253,3 +253,12 @@ def test_pipeline_steps_end_to_end_on_demo_data(demo_root, tmp_path):
     assert m["image_auroc_max"] >= 0.9 and m["pixel_auroc"] >= 0.9
     det.save(tmp_path / "model")
     assert load_detector(tmp_path / "model").family == "patchcore"
+
+
+def test_faiss_search_gives_the_distances_of_our_exact_search():
+    from model.patchcore import FaissBank, nearest_distances
+
+    g = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(500, 48, generator=g), torch.randn(300, 48, generator=g)
+    for k in (1, 3):
+        np.testing.assert_allclose(FaissBank(bank).distances(queries, k).numpy(), nearest_distances(queries, bank, k).numpy(), rtol=1e-4, atol=1e-4)
