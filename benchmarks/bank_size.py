@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, seeded_parser  # noqa: E402
+from benchmarks.common import emit, patchcore_seed_configs, seeded_parser, store_runs  # noqa: E402
 from model import data, metrics, pipeline  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.patchcore import greedy_coreset  # noqa: E402
@@ -46,6 +46,7 @@ def run_seed(cfg: TrainConfig, ds: data.Dataset, sizes: list[str], train_limit: 
     if train_limit is not None and train_limit < len(fit):
         fit = fit[np.sort(np.random.default_rng(cfg.seed).permutation(len(fit))[:train_limit])]
     det = pipeline.build_detector(cfg)
+    det.frame = arrays.frame  # what fit() would learn from the images
     t0 = time.perf_counter()
     patches = det.features(fit)
     patches = patches.reshape(-1, patches.shape[-1])
@@ -105,17 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.configure_threads(args.threads)
     ds = pipeline.load_dataset(Path(args.data), args.category)
     runs = []
-    for seed in args.seeds:
-        cfg = TrainConfig(data_root=args.data, category=args.category, detector="patchcore", seed=seed, cache_dir=args.cache_dir,
-                          num_threads=args.threads)
+    for cfg in patchcore_seed_configs(args, args.threads):
         runs += run_seed(cfg, ds, args.sizes, args.train_limit)
     limit = f", at most {args.train_limit} fit images" if args.train_limit else ""
     title = (f"PatchCore bank size on {args.category}{limit}: means over seeds {args.seeds}. syn_* = held-out normals + "
              "synthetic defects (choose by these); test_* reported only; images/s model only")
     report(runs, title)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"title": title, "runs": runs}, indent=2, default=float))
+    store_runs(args.json, title, runs)
     return 0
 
 

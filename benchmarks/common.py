@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,3 +27,18 @@ def emit(lines: list[str]) -> str:
     text = "\n".join(lines)
     print("\n" + text)
     return text
+
+
+def patchcore_seed_configs(args: argparse.Namespace, threads: int | None) -> list:
+    """One PatchCore TrainConfig per --seeds entry, on --data/--category, with --cache-dir."""
+    from model.config import TrainConfig
+
+    return [TrainConfig(data_root=args.data, category=args.category, detector="patchcore", seed=seed, cache_dir=args.cache_dir,
+                        num_threads=threads) for seed in args.seeds]
+
+
+def store_runs(path: Path | None, title: str, runs: list[dict]) -> None:
+    """Write {"title", "runs"} as --json asked (what --from-json reads back)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"title": title, "runs": runs}, indent=2, default=float))

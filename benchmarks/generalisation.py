@@ -10,7 +10,10 @@ part, score and evaluate the whole test split), then inspection throughput from 
 resize + maps). Datasets (NAME or NAME=ROOT:CATEGORY):
 - bottle: ../shared/data/mvtec_ad (MVTec AD Bottle, masks);
 - elpv_mono, elpv_poly: data/elpv, written by `anomaflow import-elpv data/elpv` (image labels only);
-- demo: the generated demo set (masks).
+- demo: the generated demo set (masks);
+- bottle_tall, bottle_wide: data/variants, written by `benchmarks/variants.py data/variants` (a tall
+  grayscale JPEG and a wide RGB crop of good Bottle images with small synthetic defects, masks).
+`--frames keep square` also runs every cell with images squashed to a square (the old input).
 A dataset that is not there is skipped with the reason. Columns: image AUROC of the decision
 score; pixel AUROC where masks exist; recall at test FPR 5 % (a label-using reference: the
 threshold is read off the test labels); recall and FPR at the calibrated threshold (what the
@@ -36,7 +39,10 @@ KNOWN = {
     "bottle": (REPO.parent / "shared" / "data" / "mvtec_ad", "bottle"),
     "elpv_mono": (REPO / "data" / "elpv", "elpv_mono"),
     "elpv_poly": (REPO / "data" / "elpv", "elpv_poly"),
+    "bottle_tall": (REPO / "data" / "variants", "bottle_tall"),
+    "bottle_wide": (REPO / "data" / "variants", "bottle_wide"),
 }
+HOW_TO_MAKE = {"elpv": "run `anomaflow import-elpv data/elpv`", "bottle_": "run `benchmarks/variants.py data/variants`"}
 COLUMNS = [
     ("image AUROC", lambda r: r["metrics"].get("image_auroc")),
     ("pixel AUROC", lambda r: r["metrics"].get("pixel_auroc")),
@@ -66,11 +72,12 @@ def resolve(spec: str) -> tuple[str, Path, str]:
     return (spec, *KNOWN[spec])
 
 
-def run(name: str, root: Path, category: str, family: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict:
-    out = tmp / f"{name}-{family}-{seed}.json"
+def run(name: str, root: Path, category: str, family: str, seed: int, args: argparse.Namespace, tmp: Path, frame: str = "keep") -> dict:
+    out = tmp / f"{name}-{family}-{seed}-{frame}.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "detectors.py"), "--child", family, "--child-out", str(out),
            "--data", str(root), "--category", category, "--threads", str(args.threads), "--seed", str(seed),
-           "--speed-repeats", str(args.speed_repeats), "--cache-dir", args.cache_dir]
+           "--speed-repeats", str(args.speed_repeats), "--cache-dir", args.cache_dir,
+           "--keep-aspect" if frame == "keep" else "--no-keep-aspect"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -92,13 +99,15 @@ def _cell(values: list[float | None], digits: int) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| dataset | family | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 3) + "|"]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    lines = ["| dataset | family | frame (HxW) | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 4) + "|"]
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in results:
-        groups.setdefault((r["dataset"], r["family"]), []).append(r)
-    for (name, family), rs in groups.items():
+        frame = "x".join(str(v) for v in r.get("frame") or (r["image_size"], r["image_size"]))
+        frame += "" if r.get("keep_aspect", True) else " squashed"
+        groups.setdefault((r["dataset"], r["family"], frame), []).append(r)
+    for (name, family, frame), rs in groups.items():
         cells = [_cell([get(r) for r in rs], 1 if col in ("fit s", "images/s incl. decode") else 3) for col, get in COLUMNS]
-        lines.append(f"| {name} | {family} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {family} | {frame} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -113,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", default=["bottle", "elpv_mono", "elpv_poly", "demo"])
     ap.add_argument("--families", nargs="+", default=["patchcore", "autoencoder"], choices=["patchcore", "autoencoder"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--frames", nargs="+", default=["keep"], choices=["keep", "square"],
+                    help="keep: the training flow's frame (aspect ratio kept); square: squashed, for comparison")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-repeats", type=int, default=1)
     ap.add_argument("--cache-dir", default=str(REPO / ".anomaflow" / "cache"))
@@ -127,18 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.datasets:
             name, root, category = resolve(spec)
             if not (root / category / "train" / "good").is_dir():
-                skipped.append(f"{name}: {root / category} not found" + (" (run `anomaflow import-elpv data/elpv`)" if name.startswith("elpv") else ""))
+                how = next((f" ({v})" for k, v in HOW_TO_MAKE.items() if name.startswith(k)), "")
+                skipped.append(f"{name}: {root / category} not found{how}")
                 print(f"skipping {skipped[-1]}", file=sys.stderr)
                 continue
-            for family in args.families:
-                for seed in args.seeds:
-                    rec = run(name, root, category, family, seed, args, Path(tmp))
-                    m = rec["metrics"]
-                    print(f"{name} {family} seed {seed}: image_auroc={m.get('image_auroc', float('nan')):.4f} "
-                          f"pixel_auroc={m.get('pixel_auroc', float('nan')):.4f} fit={rec['fit_seconds']:.1f}s "
-                          f"({rec['wall_seconds']:.0f}s)", file=sys.stderr, flush=True)
-                    results.append(rec)
-                    save(args.json, results, skipped)  # after every run: an interrupted benchmark keeps what it measured
+            for family, frame, seed in ((f, fr, sd) for f in args.families for fr in args.frames for sd in args.seeds):
+                rec = run(name, root, category, family, seed, args, Path(tmp), frame)
+                m = rec["metrics"]
+                print(f"{name} {family} {frame} seed {seed}: image_auroc={m.get('image_auroc', float('nan')):.4f} "
+                      f"pixel_auroc={m.get('pixel_auroc', float('nan')):.4f} fit={rec['fit_seconds']:.1f}s "
+                      f"({rec['wall_seconds']:.0f}s)", file=sys.stderr, flush=True)
+                results.append(rec)
+                save(args.json, results, skipped)  # after every run: an interrupted benchmark keeps what it measured
     save(args.json, results, skipped)
     print()
     print(table(results))
