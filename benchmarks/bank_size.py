@@ -14,7 +14,6 @@ and model-only scoring images/s on the held-out images.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, patchcore_seed_configs, seeded_parser, store_runs  # noqa: E402
+from benchmarks.common import emit, patchcore_seed_configs, replay, seeded_parser, store_runs  # noqa: E402
 from model import data, metrics, pipeline  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.patchcore import greedy_coreset  # noqa: E402
@@ -99,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-limit", type=int, default=None, help="use at most this many fit images (a small product)")
     ap.add_argument("--sizes", nargs="+", default=["1%", "1024", "2048", "4096", "8192", "16384"])
     args = ap.parse_args(argv)
-    if args.from_json:
-        stored = json.loads(args.from_json.read_text())
-        report(stored["runs"], stored["title"])
+    if replay(args, report):
         return 0
     pipeline.configure_threads(args.threads)
     ds = pipeline.load_dataset(Path(args.data), args.category)

@@ -6,6 +6,13 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DATASETS = {  # development datasets by name: (root, category)
+    "bottle": (REPO.parent / "shared" / "data" / "mvtec_ad", "bottle"),
+    "elpv_mono": (REPO / "data" / "elpv", "elpv_mono"),
+    "elpv_poly": (REPO / "data" / "elpv", "elpv_poly"),
+    "bottle_tall": (REPO / "data" / "variants", "bottle_tall"),
+    "bottle_wide": (REPO / "data" / "variants", "bottle_wide"),
+}
 
 
 def seeded_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -42,3 +49,12 @@ def store_runs(path: Path | None, title: str, runs: list[dict]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"title": title, "runs": runs}, indent=2, default=float))
+
+
+def replay(args: argparse.Namespace, report) -> bool:
+    """--from-json: print the stored table with `report(runs, title)` and say so (train nothing)."""
+    if not getattr(args, "from_json", None):
+        return False
+    stored = json.loads(args.from_json.read_text())
+    report(stored["runs"], stored["title"])
+    return True

@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FAMILIES = ("autoencoder", "patchcore")
+FAMILIES = ("autoencoder", "patchcore", "auto")
 
 
 def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -61,7 +61,17 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
             return
         print(f"[{family}] " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
 
-    det, history, fit_s = pipeline.fit_detector(cfg, arrays, progress=progress)
+    selection = None
+    if family == "auto":  # the training flow's label-free choice; its time is what the run pays
+        from model.selection import select
+
+        t0 = time.perf_counter()
+        selection = select(cfg, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.build_detector, cfg.auto_budget_seconds,
+                           log=lambda m: print(f"[auto] {m}", flush=True))
+        det, history, fit_s = selection.detector, selection.history, time.perf_counter() - t0
+        cfg = selection.config
+    else:
+        det, history, fit_s = pipeline.fit_detector(cfg, arrays, progress=progress)
     holdout = det.score(arrays.holdout, arrays.holdout_valid)
     thresholds = pipeline.calibrate_detector(det, cfg, holdout)
     test = det.score(arrays.test, arrays.test_valid)
@@ -110,6 +120,8 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "config": json.loads(cfg.model_dump_json()),
+        "auto_choice": selection.chosen if selection else None,
+        "auto_candidates": selection.rows if selection else None,
     }
 
 

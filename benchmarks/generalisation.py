@@ -35,13 +35,9 @@ from statistics import mean
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-KNOWN = {
-    "bottle": (REPO.parent / "shared" / "data" / "mvtec_ad", "bottle"),
-    "elpv_mono": (REPO / "data" / "elpv", "elpv_mono"),
-    "elpv_poly": (REPO / "data" / "elpv", "elpv_poly"),
-    "bottle_tall": (REPO / "data" / "variants", "bottle_tall"),
-    "bottle_wide": (REPO / "data" / "variants", "bottle_wide"),
-}
+from benchmarks.common import DATASETS  # noqa: E402
+
+KNOWN = DATASETS
 HOW_TO_MAKE = {"elpv": "run `anomaflow import-elpv data/elpv`", "bottle_": "run `benchmarks/variants.py data/variants`"}
 COLUMNS = [
     ("image AUROC", lambda r: r["metrics"].get("image_auroc")),
@@ -107,6 +103,8 @@ def table(results: list[dict]) -> str:
         groups.setdefault((r["dataset"], r["family"], frame), []).append(r)
     for (name, family, frame), rs in groups.items():
         cells = [_cell([get(r) for r in rs], 1 if col in ("fit s", "images/s incl. decode") else 3) for col, get in COLUMNS]
+        if family == "auto":  # which candidate each seed chose
+            family += " (" + ", ".join(str(r.get("auto_choice")) for r in rs) + ")"
         lines.append(f"| {name} | {family} | {frame} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -120,7 +118,7 @@ def save(path: Path | None, results: list[dict], skipped: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["bottle", "elpv_mono", "elpv_poly", "demo"])
-    ap.add_argument("--families", nargs="+", default=["patchcore", "autoencoder"], choices=["patchcore", "autoencoder"])
+    ap.add_argument("--families", nargs="+", default=["patchcore", "autoencoder"], choices=["patchcore", "autoencoder", "auto"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--frames", nargs="+", default=["keep"], choices=["keep", "square"],
                     help="keep: the training flow's frame (aspect ratio kept); square: squashed, for comparison")

@@ -13,7 +13,6 @@ against the exact search, and the synthetic image AUROC. Both libraries get the 
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, patchcore_seed_configs, seeded_parser, store_runs  # noqa: E402
+from benchmarks.common import emit, patchcore_seed_configs, replay, seeded_parser, store_runs  # noqa: E402
 from model import metrics, pipeline  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.patchcore import greedy_coreset, nearest_distances  # noqa: E402
@@ -128,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-limit", type=int, default=None, help="use at most this many fit images")
     ap.add_argument("--no-kmeans", action="store_true", help="skip the k-means bank (minutes on 800 images)")
     args = ap.parse_args(argv)
-    if args.from_json:
-        stored = json.loads(args.from_json.read_text())
-        report(stored["runs"], stored["title"])
+    if replay(args, report):
         return 0
     threads = pipeline.configure_threads(args.threads)
     try:

@@ -16,8 +16,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", dest="data_root", default=None, help="MVTec AD root (holds CATEGORY/) or a folder of good images; default: built-in demo data")
     p.add_argument("--category", default=None, help=f"category folder (default: {d.category}; 'demo' for the demo data)")
     p.add_argument("--output", required=True, type=Path, help="output folder for metrics.json, figures and the model")
-    p.add_argument("--detector", choices=["autoencoder", "patchcore"], default=d.detector,
-                   help="model family: the convolutional autoencoder, or PatchCore on offline EfficientNet-Lite0 features")
+    p.add_argument("--detector", choices=["autoencoder", "patchcore", "auto"], default=d.detector,
+                   help="model family; auto: PatchCore feature depths scored on synthetic defects in held-out normals, the best kept")
+    p.add_argument("--auto-budget", type=float, default=d.auto_budget_seconds, help="seconds --detector auto may spend on its candidates")
     p.add_argument("--image-size", type=int, default=None,
                    help="short side of the model input (default: the family's, 128 autoencoder / 256 patchcore)")
     p.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=d.keep_aspect,
@@ -35,7 +36,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="image score for decisions (default: smoothed_max autoencoder / max patchcore)")
     p.add_argument("--pixel-threshold-percentile", type=float, default=None,
                    help="percentile of held-out normal map values for the pixel threshold (default: 99.5 autoencoder / 99.99 patchcore)")
-    p.add_argument("--threshold-method", choices=["percentile", "fpr"], default=d.threshold_method)
+    p.add_argument("--threshold-method", choices=["percentile", "fpr", "tail"], default=d.threshold_method)
     p.add_argument("--threshold-percentile", type=float, default=d.threshold_percentile)
     p.add_argument("--target-fpr", type=float, default=d.target_fpr)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -61,7 +62,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             learning_rate=args.lr, loss=args.loss, map_kind=args.map_kind, map_sigma=args.map_sigma, augment=args.augment,
             **(size if args.detector == "autoencoder" else {}),
         ),
-        patchcore=PatchCoreConfig(**(size if args.detector == "patchcore" else {})),
+        patchcore=PatchCoreConfig(**(size if args.detector in ("patchcore", "auto") else {})),
+        auto_budget_seconds=args.auto_budget,
         keep_aspect=args.keep_aspect,
         threshold_method=args.threshold_method,
         threshold_percentile=args.threshold_percentile,
@@ -75,15 +77,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def closing_line(config: TrainConfig, m: dict) -> str:
+    """The decision score and its AUROC first, then the pixel metrics, then what the threshold
+    does: recall and test FPR at it, and the operating point it was set for."""
+    parts = [f"image_auroc={m['image_auroc']:.4f} ({config.score_method})"] if "image_auroc" in m else []
+    parts += [f"{k}={m[k]:.4f}" for k in ("pixel_auroc", "pixel_aupro", "pixel_iou") if k in m]
+    method = m.get("threshold_method_used", config.threshold_method)
+    point = f"target FPR {config.target_fpr:g}" if method in ("fpr", "tail") else f"percentile {config.threshold_percentile:g}"
+    line = ", ".join(parts) + f"; threshold {m['threshold']:.6g} ({method}, {point}"
+    if "heldout_fpr" in m:
+        line += f"; held-out FPR {m['heldout_fpr']:.3f} [{m['heldout_fpr_low']:.3f}-{m['heldout_fpr_high']:.3f}] on {int(m['heldout_normals'])} normals"
+    line += ")"
+    if "recall" in m and "false_positive_rate" in m and m["false_positive_rate"] == m["false_positive_rate"]:
+        line += f": recall {m['recall']:.3f} at test FPR {m['false_positive_rate']:.3f}"
+    if "auto_choice" in m:
+        line += f"; auto chose {m['auto_choice']}"
+    if m.get("warning"):
+        line += f"\nWARNING: {m['warning']}"
+    return line
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from flows.training import train_pipeline
 
     config = config_from_args(args)
     t0 = time.perf_counter()
     metrics = train_pipeline(config, output_dir=str(args.output), register_model=not args.no_register)
-    print(f"done in {time.perf_counter() - t0:.1f}s: " + ", ".join(
-        f"{k}={metrics[k]:.4f}" for k in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou") if k in metrics
-    ))
+    print(f"done in {time.perf_counter() - t0:.1f}s: " + closing_line(config, metrics) + f"; output {args.output}")
     print(f"wrote {args.output / 'metrics.json'}; MLflow run {metrics.get('mlflow_run_id')}"
           + (f", model version {metrics['model_version']}" if "model_version" in metrics else ""))
     return 0

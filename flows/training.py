@@ -15,7 +15,7 @@ from tasks.evaluation import evaluate
 from tasks.reporting import publish_summary
 from tasks.scoring import score_images
 from tasks import tracking
-from tasks.training import load_images, train_model
+from tasks.training import TrainedModel, check_on_synthetic_defects, choose_detector, load_images, train_model
 from tasks.validation import validate_dataset
 
 
@@ -41,7 +41,12 @@ def train_pipeline(
 
         validated = validate_dataset(config, work)
         arrays = load_images(validated.dataset, config)
-        trained = train_model(config, arrays)
+        selection = choose_detector(config, arrays) if config.detector == "auto" else None
+        if selection is not None:  # from here on the run is the chosen candidate's, already fitted
+            config = selection.config
+            trained = TrainedModel(selection.detector, selection.history, selection.fit_seconds)
+        else:
+            trained = train_model(config, arrays)
         holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal", arrays.holdout_valid)
         thresholds = calibrate_threshold(trained.detector, config, holdout)
         test, rate = score_images(trained.detector, arrays.test, "test", arrays.test_valid)
@@ -51,6 +56,17 @@ def train_pipeline(
         if evaluated and evaluated.evaluation.pixel_note:
             metrics["pixel_metrics_note"] = evaluated.evaluation.pixel_note  # why pixel metrics are absent or partial
         metrics.update(thresholds, train_seconds=trained.train_seconds, inference_images_per_second=rate)
+        if selection is not None:  # the chosen candidate was checked on synthetic defects while choosing
+            chosen = next(r for r in selection.rows if r.get("chosen"))
+            metrics.update({k: chosen[k] for k in ("syn_image_auroc", "syn_pixel_auroc") if k in chosen}, **selection.metrics())
+            metrics["auto_choice"] = selection.chosen
+            warning = selection.warning
+            write_json({"chosen": selection.chosen, "candidates": selection.rows}, work / "selection.json")
+        else:
+            check, warning = check_on_synthetic_defects(trained.detector, config, arrays)
+            metrics.update(check)
+        if warning:
+            metrics["warning"] = warning
         model_dir = trained.detector.save(work / "model")
         write_json(trained.history, work / "history.json")
         write_json(config.model_dump(mode="json"), work / "config.json")
@@ -73,6 +89,8 @@ def train_pipeline(
                                                f"{len(evaluated.split['gate'])} others (seeded partition, gate_fraction {config.gate_fraction})")
                 if evaluated else "no test split",
                 "anomaflow.pixel_metrics": (evaluated.evaluation.pixel_note or "all defect types have masks") if evaluated else "no test split",
+                **({"anomaflow.auto_choice": f"{selection.chosen} of {', '.join(r['name'] for r in selection.rows)}"} if selection else {}),
+                **({"anomaflow.warning": warning} if warning else {}),
                 "prefect.flow_run_id": str(flow_run.id),
             },
             figures={**(evaluated.figures if evaluated else {}), "dataset_samples": validated.sample_grid},
@@ -82,7 +100,8 @@ def train_pipeline(
             },
             checkpoints={"final": p for p in [model_dir / "weights.pt"] if p.exists()},
             files={"validation": write_json(validated.report.to_dict(), work / "validation.json"), "history": work / "history.json",
-                   "config": work / "config.json", **split_file},
+                   "config": work / "config.json", **split_file,
+                   **({"selection": work / "selection.json"} if selection else {})},
         )
         run_id = tracking.log_run_task(record, finish=not register_model)
         example = (arrays.fit_samples[0].path if arrays.fit_samples else None)

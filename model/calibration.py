@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-ThresholdMethod = Literal["percentile", "fpr", "f1_max"]
+ThresholdMethod = Literal["percentile", "fpr", "tail", "f1_max"]
 NORMAL, DEFECT = "NORMAL", "DEFECT"
 
 
@@ -45,6 +45,46 @@ def fpr_threshold(normal_scores: np.ndarray, target_fpr: float = 0.05) -> float:
     return float(s[n - 1 - allowed])
 
 
+# Gumbel quantile offsets -ln(-ln p): an image score is a max over pixels, and maxima of many
+# weakly dependent values follow a Gumbel law; its location and scale come from the median and
+# the inter-quartile range, so a few odd images among the held-out normals move neither.
+_GUMBEL_IQR = float(-np.log(-np.log(0.75)) + np.log(-np.log(0.25)))
+_GUMBEL_MEDIAN = float(-np.log(np.log(2.0)))
+TAIL_MIN_NORMALS = 4
+
+
+def tail_fit(normal_scores: np.ndarray) -> tuple[float, float]:
+    """(location, scale) of a Gumbel law fitted robustly (median, IQR) to held-out normal scores."""
+    s = _check_scores(normal_scores, "normal")
+    if s.size < TAIL_MIN_NORMALS:
+        raise ValueError(f"the tail model needs at least {TAIL_MIN_NORMALS} held-out normal scores, got {s.size}")
+    q25, q50, q75 = np.percentile(s, [25, 50, 75])
+    scale = float(q75 - q25) / _GUMBEL_IQR
+    if scale <= 0:
+        scale = float(np.std(s)) or 1e-12  # more than half the scores tie: fall back to the spread
+    return float(q50 - scale * _GUMBEL_MEDIAN), scale
+
+
+def tail_threshold(normal_scores: np.ndarray, target_fpr: float = 0.01) -> float:
+    """Threshold at which the fitted normal-score tail (see tail_fit) exceeds with probability
+    target_fpr: set by the bulk of the held-out normals, not by their single largest score."""
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in (0, 1) for the tail model, got {target_fpr}")
+    loc, scale = tail_fit(normal_scores)
+    return float(loc - scale * np.log(-np.log(1.0 - target_fpr)))
+
+
+def fpr_estimate(normal_scores: np.ndarray, threshold: float, z: float = 1.96) -> dict[str, float]:
+    """Share of held-out normal scores above the threshold with its Wilson 95 % interval: what
+    the held-out count can say about the false-positive rate the product will see."""
+    s = _check_scores(normal_scores, "normal")
+    n, k = s.size, int(np.count_nonzero(s > threshold))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"heldout_fpr": p, "heldout_fpr_low": max(0.0, centre - half), "heldout_fpr_high": min(1.0, centre + half), "heldout_normals": float(n)}
+
+
 def f1_max_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """Threshold that maximises F1 on a labelled set (decisions `score > threshold`)."""
     scores = _check_scores(scores, "labelled")
@@ -75,11 +115,13 @@ def calibrate(
         return percentile_threshold(normal_scores, percentile)
     if method == "fpr":
         return fpr_threshold(normal_scores, target_fpr)
+    if method == "tail":
+        return tail_threshold(normal_scores, target_fpr)
     if method == "f1_max":
         if labelled_scores is None or labels is None:
             raise ValueError("f1_max calibration needs labelled_scores and labels")
         return f1_max_threshold(labelled_scores, labels)
-    raise ValueError(f"unknown threshold method {method!r}; expected percentile, fpr or f1_max")
+    raise ValueError(f"unknown threshold method {method!r}; expected percentile, fpr, tail or f1_max")
 
 
 def decide(scores: np.ndarray, threshold: float) -> np.ndarray:

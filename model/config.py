@@ -97,6 +97,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "autoencoder": {"score_method": "smoothed_max", "pixel_threshold_percentile": 99.5},
     "patchcore": {"score_method": "max", "pixel_threshold_percentile": 99.99},
 }
+FAMILY_DEFAULTS["auto"] = FAMILY_DEFAULTS["patchcore"]  # every auto candidate is a PatchCore (model.selection)
 
 
 class TrainConfig(BaseModel):
@@ -106,17 +107,21 @@ class TrainConfig(BaseModel):
 
     data_root: str | None = Field(None, description="MVTec-layout root; None = the built-in demo data")
     category: str = Field("bottle", description="category folder under data_root (demo data: 'demo')")
-    detector: Literal["autoencoder", "patchcore"] = "autoencoder"
+    detector: Literal["autoencoder", "patchcore", "auto"] = Field(
+        "autoencoder", description="auto: chosen per dataset on synthetic defects in held-out normals (model.selection)"
+    )
+    auto_budget_seconds: float = Field(180.0, gt=0, description="time budget of --detector auto for fitting and scoring its candidates")
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
     patchcore: PatchCoreConfig = Field(default_factory=PatchCoreConfig)
     score_method: ScoreMethod | None = Field(
         None, description="image score used for decisions; None = the family's (autoencoder smoothed_max, patchcore max)"
     )
-    threshold_method: Literal["percentile", "fpr"] = Field(
-        "percentile", description="percentile or fpr of held-out normal scores (training sees no defect labels, so no f1_max)"
+    threshold_method: Literal["percentile", "fpr", "tail"] = Field(
+        "tail", description="tail: a Gumbel law fitted robustly to held-out normal scores, cut at target_fpr; percentile or fpr: "
+        "an order statistic of them (training sees no defect labels, so no f1_max); tail needs 4 held-out normals, else percentile"
     )
     threshold_percentile: float = Field(99.0, gt=0, le=100)
-    target_fpr: float = Field(0.05, ge=0, lt=1)
+    target_fpr: float = Field(0.01, ge=0, lt=1, description="false-positive rate the tail / fpr threshold is set for")
     pixel_threshold_percentile: float | None = Field(
         None, gt=0, le=100, description="of held-out normal map values; None = the family's (autoencoder 99.5, patchcore 99.99)"
     )
@@ -155,7 +160,7 @@ class TrainConfig(BaseModel):
     @property
     def image_size(self) -> int:
         """Short side of the selected detector family's input frame (see model.frame)."""
-        return getattr(self, self.detector).image_size
+        return self.patchcore.image_size if self.detector == "auto" else getattr(self, self.detector).image_size
 
     @property
     def model_name(self) -> str:
@@ -165,7 +170,7 @@ class TrainConfig(BaseModel):
         """Flat MLflow params of this run: the selected family's settings only (the other
         family's defaults would clutter run comparison and reproduce nothing)."""
         unused = "patchcore" if self.detector == "autoencoder" else "autoencoder"
-        return {k: v for k, v in flatten_params(self).items() if not k.startswith(f"{unused}.")}
+        return {k: v for k, v in flatten_params(self).items() if not k.startswith(f"{unused}.") and (k != "auto_budget_seconds" or self.detector == "auto")}
 
     @property
     def experiment(self) -> str:

@@ -64,6 +64,12 @@ def evaluate(
         # calibrated threshold's own recall and FPR are "recall" and "false_positive_rate".
         for pct in (1, 5):
             out[f"recall_at_test_fpr_{pct}pct"] = metrics.recall_at_fpr(labels, scores[score_method], pct / 100)
+        # Per defect type: good images against that type only, so a type the model misses shows
+        # even when the others carry the overall AUROC.
+        names = np.asarray(defects, dtype=object)
+        for d in sorted({str(x) for x, y in zip(defects, labels) if y == 1}):
+            sel = (labels == 0) | (names == d)
+            out[f"image_auroc_type_{d}"] = metrics.image_auroc(labels[sel], np.asarray(scores[score_method])[sel])
 
     chosen = np.asarray(scores[score_method])
     decisions = decide(chosen, threshold)

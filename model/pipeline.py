@@ -154,17 +154,23 @@ def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[s
     return det, history, time.perf_counter() - t0
 
 
-def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: ScoreResult) -> dict[str, float]:
+def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: ScoreResult) -> dict[str, Any]:
     """Image and pixel thresholds from held-out normal images only; stored on the detector."""
     normal = holdout_result.scores[config.score_method]
+    method = config.threshold_method
+    if method == "tail" and len(normal) < calibration.TAIL_MIN_NORMALS:
+        method = "percentile"  # too few held-out normals to fit a tail: the order statistic it replaces
     det.threshold = calibration.calibrate(
-        config.threshold_method,
+        method,
         normal,
         percentile=config.threshold_percentile,
         target_fpr=config.target_fpr,
     )
     det.pixel_threshold = calibration.pixel_threshold(holdout_result.maps, config.pixel_threshold_percentile, holdout_result.valid)
-    return {"threshold": det.threshold, "pixel_threshold": det.pixel_threshold}
+    point = {"target_fpr": config.target_fpr} if method in ("fpr", "tail") else {"threshold_percentile": config.threshold_percentile}
+    # What the held-out count can say about the false-positive rate at this threshold (Wilson 95 %).
+    return {"threshold": det.threshold, "pixel_threshold": det.pixel_threshold, "threshold_method_used": method, **point,
+            **calibration.fpr_estimate(normal, det.threshold)}
 
 
 def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, score_method: str) -> Evaluation:

@@ -9,6 +9,25 @@ from __future__ import annotations
 import numpy as np
 
 KINDS = ("cutpaste", "noise", "scratch")
+SUBTLE_KINDS = ("thin_line", "small_spot")  # small and low-contrast: they do not saturate where KINDS do
+
+
+def _subtle(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Mask of a thin line (1-2 px, 17-42 % of the short side) or a small spot (radius 1.4-2.5 %
+    of the short side) in the middle 60 % of the image; the caller shifts its intensity."""
+    h, w, _ = image.shape
+    short = min(h, w)
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+    yy, xx = np.mgrid[0:h, 0:w]
+    if kind == "thin_line":
+        length, angle = rng.uniform(0.17, 0.42) * short, rng.uniform(0, np.pi)
+        half_width = max(0.5, short / 360) * rng.uniform(0.7, 1.0)
+        dy, dx = yy - cy, xx - cx
+        along = dx * np.cos(angle) + dy * np.sin(angle)
+        across = -dx * np.sin(angle) + dy * np.cos(angle)
+        return (np.abs(along) <= length / 2) & (np.abs(across) <= half_width)
+    r = rng.uniform(0.014, 0.025) * short
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= max(r, 1.0) ** 2
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
@@ -66,23 +85,27 @@ def add_synthetic_defect(image: np.ndarray, kind: str, rng: np.random.Generator)
             mask[max(0, y - width) : y + width + 1, max(0, x - width) : x + width + 1] = True
         colour = 255 if image[mask].mean() < 128 else 0
         out[mask] = colour
+    elif kind in SUBTLE_KINDS:
+        mask = _subtle(image, kind, rng)
+        shift = int(rng.integers(40, 71)) * (1 if image[mask].mean() < 128 else -1)
+        out[mask] = np.clip(image[mask].astype(np.int16) + shift, 0, 255).astype(np.uint8)
     else:
-        raise ValueError(f"unknown synthetic defect {kind!r}; expected one of {KINDS}")
+        raise ValueError(f"unknown synthetic defect {kind!r}; expected one of {KINDS + SUBTLE_KINDS}")
     # The mask is exact: only pixels that actually changed count as defective.
     changed = np.any(out != image, axis=-1)
     return out, mask & changed
 
 
-def synthetic_set(normals: np.ndarray, seed: int = 0, per_image: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def synthetic_set(normals: np.ndarray, seed: int = 0, per_image: int = 1, kinds: tuple[str, ...] = KINDS) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Defective copies of held-out normal images: (images, masks, kinds), deterministic."""
     rng = np.random.default_rng(seed)
-    imgs, masks, kinds = [], [], []
+    imgs, masks, kinds_out = [], [], []
     for i, img in enumerate(normals):
         for j in range(per_image):
-            kind = KINDS[(i * per_image + j) % len(KINDS)]
+            kind = kinds[(i * per_image + j) % len(kinds)]
             d, m = add_synthetic_defect(img, kind, rng)
             if m.any():
                 imgs.append(d)
                 masks.append(m)
-                kinds.append(kind)
-    return np.stack(imgs), np.stack(masks), kinds
+                kinds_out.append(kind)
+    return np.stack(imgs), np.stack(masks), kinds_out

@@ -1,6 +1,8 @@
 """Calibrate image and pixel thresholds on held-out normal images."""
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -10,7 +12,7 @@ from model.detector import Detector, ScoreResult
 
 
 @task(name="calibrate_threshold", cache_policy=NO_CACHE)
-def calibrate_threshold(detector: Detector, config: TrainConfig, holdout: ScoreResult) -> dict[str, float]:
+def calibrate_threshold(detector: Detector, config: TrainConfig, holdout: ScoreResult) -> dict[str, Any]:
     thresholds = pipeline.calibrate_detector(detector, config, holdout)
-    get_run_logger().info("threshold=%.6g (%s), pixel_threshold=%.6g", thresholds["threshold"], config.threshold_method, thresholds["pixel_threshold"])
+    get_run_logger().info("threshold=%.6g (%s), pixel_threshold=%.6g", thresholds["threshold"], thresholds["threshold_method_used"], thresholds["pixel_threshold"])
     return thresholds

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from model import data, pipeline
 from model.config import TrainConfig
 from model.detector import Detector
+from model.selection import Selection, near_chance_warning, select, synthetic_check
 
 
 @dataclass
@@ -41,3 +42,25 @@ def train_model(config: TrainConfig, arrays: pipeline.Arrays) -> TrainedModel:
     det, history, seconds = pipeline.fit_detector(config, arrays, progress=progress)
     log.info("trained in %.1fs", seconds)
     return TrainedModel(det, history, seconds)
+
+
+@task(name="choose_detector", cache_policy=NO_CACHE)
+def choose_detector(config: TrainConfig, arrays: pipeline.Arrays) -> Selection:
+    """--detector auto: candidates scored on synthetic defects in held-out normals (never the test split)."""
+    log = get_run_logger()
+    pipeline.configure_threads(config.num_threads)
+    choice = select(config, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.build_detector, config.auto_budget_seconds, log=log.info)
+    log.info("auto: chose %s (%s)", choice.chosen, ", ".join(f"{r['name']} {r.get('syn_image_auroc', float('nan')):.4f}" for r in choice.rows))
+    if choice.warning:
+        log.warning("%s", choice.warning)
+    return choice
+
+
+@task(name="check_on_synthetic_defects", cache_policy=NO_CACHE)
+def check_on_synthetic_defects(detector: Detector, config: TrainConfig, arrays: pipeline.Arrays) -> tuple[dict[str, float], str]:
+    """Synthetic-defect AUROC of the trained model on held-out normals; a warning when near chance."""
+    check = synthetic_check(detector, arrays.holdout, arrays.holdout_valid, config.seed)
+    warning = near_chance_warning(f"the {detector.family} model", check.get("syn_image_auroc"))
+    if warning:
+        get_run_logger().warning("%s", warning)
+    return check, warning

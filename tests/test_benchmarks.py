@@ -66,3 +66,10 @@ def test_generalisation_benchmark_runs_the_flow_steps_per_dataset_and_prints_one
     assert "| tiny | patchcore | 256x256 | 0 |" in out and "| tiny | patchcore | 256x256 squashed | 0 |" in out and "skipped absent" in out
     assert bench.main(["--from-json", str(tmp_path / "g.json")]) == 0
     assert "| tiny | patchcore | 256x256 | 0 |" in capsys.readouterr().out
+
+
+def test_calibration_benchmark_table_reads_back_from_its_stored_result(capsys):
+    bench = load_script("calibration")
+    assert bench.main(["--from-json", str(REPO / "benchmarks" / "results" / "calibration-patchcore.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| tail 0.01 |" in out and "| percentile 99 (default before) |" in out

@@ -80,3 +80,20 @@ def test_training_config_refuses_f1_max_and_logs_the_method_used():
         TrainConfig(threshold_method="f1_max")
     cfg = TrainConfig(threshold_method="fpr", target_fpr=0.1)
     assert cfg.params()["threshold_method"] == "fpr"
+
+
+def test_tail_threshold_stays_put_when_train_good_holds_a_few_odd_images():
+    from model.calibration import fpr_estimate, percentile_threshold, tail_threshold
+
+    rng = np.random.default_rng(0)
+    normals = rng.gumbel(1.0, 0.1, size=40)
+    odd = np.r_[normals, [normals.max() * 5] * 2]  # two odd images among the held-out normals
+    clean_tail, odd_tail = tail_threshold(normals, 0.01), tail_threshold(odd, 0.01)
+    assert abs(odd_tail - clean_tail) / clean_tail < 0.05  # the tail model barely moves ...
+    assert percentile_threshold(odd, 99.0) > 3 * percentile_threshold(normals, 99.0)  # ... the order statistic jumps to the odd ones
+    # The fitted tail is near the true Gumbel quantile (1.0 + 0.1 * 4.6 = 1.46 at FPR 1 %).
+    assert 1.3 < clean_tail < 1.65
+    est = fpr_estimate(normals, clean_tail)
+    assert est["heldout_normals"] == 40 and est["heldout_fpr_low"] <= est["heldout_fpr"] <= est["heldout_fpr_high"] <= 0.2
+    with pytest.raises(ValueError, match="at least 4"):
+        tail_threshold(normals[:3], 0.01)

@@ -28,6 +28,14 @@ def test_train_end_to_end_writes_metrics_and_figures(demo_root, tmp_path, capsys
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert m["mlflow_run_id"] and "model_version" not in m  # --no-register
+    for d in ("blob", "crack", "scratch"):  # image AUROC per defect type: good images against that type
+        assert 0.0 <= m[f"image_auroc_type_{d}"] <= 1.0
+    assert m["heldout_fpr_low"] <= m["heldout_fpr"] <= m["heldout_fpr_high"] and m["heldout_normals"] > 0
+    closing = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done in")][0]
+    # The decision score's AUROC leads; the threshold's recall and test FPR and its operating point follow.
+    assert closing.split(": ", 1)[1].startswith(f"image_auroc={m['image_auroc']:.4f} (smoothed_max), pixel_auroc=")
+    assert f"recall {m['recall']:.3f} at test FPR {m['false_positive_rate']:.3f}" in closing and "held-out FPR" in closing
+    assert str(out) in closing
 
 
 def test_train_without_data_uses_demo(anomaflow_home, tmp_path, monkeypatch):
@@ -184,3 +192,31 @@ def test_ten_grayscale_jpegs_of_mixed_sizes_train_and_evaluate(tmp_path):
         heat, over = defect_figure_paths(buf.dir, hashlib.sha256(f.read_bytes()).hexdigest())
         with Image.open(f) as src, Image.open(heat) as h, Image.open(over) as o:
             assert h.size == o.size == src.size  # the image's own frame, not the model's
+
+
+def test_auto_chooses_on_held_out_normals_only_and_permuted_test_labels_change_nothing(demo_root, tmp_path, capsys):
+    """--detector auto scores its candidates on synthetic defects in held-out normals: shuffling
+    which test image sits under which label (good, blob, ...) leaves the choice and every
+    candidate's score unchanged, while the test metrics do change."""
+    import random
+
+    permuted = tmp_path / "permuted"
+    shutil.copytree(demo_root, permuted)
+    files = sorted((permuted / "demo" / "test").rglob("*.png"))
+    contents = [f.read_bytes() for f in files]
+    random.Random(0).shuffle(contents)
+    for f, c in zip(files, contents):
+        f.write_bytes(c)
+    results = []
+    for root in (demo_root, permuted):
+        out = tmp_path / f"auto-{root.name}"
+        assert main(["train", "--data", str(root), "--category", "demo", "--output", str(out), "--detector", "auto",
+                     "--image-size", "64", "--threads", "2", "--no-register"]) == 0
+        results.append((json.loads((out / "metrics.json").read_text()), json.loads((out / "selection.json").read_text())))
+    (m1, s1), (m2, s2) = results
+    strip = lambda s: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in s["candidates"]]  # noqa: E731
+    assert strip(s1) == strip(s2) and s1["chosen"] == s2["chosen"] == m1["auto_choice"]
+    assert len(s1["candidates"]) == 3 and sum(r["chosen"] for r in s1["candidates"]) == 1
+    assert all(0.0 <= r["syn_image_auroc"] <= 1.0 for r in s1["candidates"] if r["status"] == "scored")
+    assert m1["image_auroc"] != m2["image_auroc"]  # the labels did move
+    assert "auto chose" in capsys.readouterr().out

@@ -36,7 +36,7 @@ def test_run_logged_with_params_metrics_artifacts_tags(two_runs, mlflow_server):
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "anomaflow-demo"
     p = run.data.params
-    assert p["category"] == "demo" and p["autoencoder.epochs"] == "2" and p["seed"] == "0" and p["threshold_method"] == "percentile"
+    assert p["category"] == "demo" and p["autoencoder.epochs"] == "2" and p["seed"] == "0" and p["threshold_method"] == "tail"
     m = run.data.metrics
     for key in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou",
                 "pixel_iou_blob", "pixel_iou_crack", "pixel_iou_scratch", "f1", "threshold", "train_seconds"):

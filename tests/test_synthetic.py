@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from model.synthetic import KINDS, add_synthetic_defect, synthetic_set
+from model.synthetic import KINDS, SUBTLE_KINDS, add_synthetic_defect, synthetic_set
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + SUBTLE_KINDS)
 def test_synthetic_defect_mask_is_exact(kind):
     rng = np.random.default_rng(0)
     img = (np.random.default_rng(1).random((96, 96, 3)) * 60 + 100).astype(np.uint8)

@@ -1,0 +1,64 @@
+"""The label-free choice: a candidate near chance on synthetic defects is never chosen; ties keep the default."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.config import TrainConfig
+from model.detector import Detector
+from model.selection import NEAR_CHANCE, candidates, near_chance_warning, select
+
+
+class Toy(Detector):
+    """Maps = brightness deviation from the fit images' mean ('sees' defects), or noise ('blind')."""
+
+    family = "toy"
+
+    def __init__(self, cfg: TrainConfig, blind: bool) -> None:
+        super().__init__(cfg.patchcore.image_size, "max", 1.0)
+        self.blind, self.mean = blind, None
+        self.rng = np.random.default_rng(0)
+
+    def fit(self, images, holdout=None, progress=None):
+        self.set_frame(images)
+        self.mean = images.astype(np.float32).mean(axis=(0, 3))
+        return [{"epoch": 1}]
+
+    def anomaly_maps(self, images):
+        if self.blind:
+            return self.rng.random(images.shape[:3]).astype(np.float32)
+        return np.abs(images.astype(np.float32).mean(axis=3) - self.mean)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {}
+
+    def _save_weights(self, directory: Path) -> None: ...
+
+    def _load_weights(self, directory: Path) -> None: ...
+
+    @classmethod
+    def from_config(cls, config):
+        raise NotImplementedError
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(120 + rng.normal(0, 3, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+def test_a_candidate_near_chance_is_never_chosen_and_ties_keep_the_default():
+    base = TrainConfig(detector="auto", patchcore={"image_size": 32})
+    names = list(candidates(base))
+    assert names[0] == "patchcore_s3s4"  # the default first
+    fit, holdout = _images(20, 0), _images(12, 1)
+    blind_default = select(base, fit, holdout, None, lambda c: Toy(c, blind=c.patchcore.layers == ["stage3", "stage4"]), 600, log=lambda m: None)
+    assert blind_default.chosen != "patchcore_s3s4" and not blind_default.warning
+    scores = {r["name"]: r["syn_image_auroc"] for r in blind_default.rows}
+    assert scores["patchcore_s3s4"] < NEAR_CHANCE < scores[blind_default.chosen]
+    all_seeing = select(base, fit, holdout, None, lambda c: Toy(c, blind=False), 600, log=lambda m: None)
+    assert all_seeing.chosen == "patchcore_s3s4"  # equal scores: the default stays
+    all_blind = select(base, fit, holdout, None, lambda c: Toy(c, blind=True), 600, log=lambda m: None)
+    assert "near chance" in all_blind.warning
+    assert near_chance_warning("x", 0.9) == "" and "near chance" in near_chance_warning("the autoencoder model", 0.52)
