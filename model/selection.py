@@ -53,6 +53,16 @@ def candidates(base: TrainConfig) -> dict[str, TrainConfig]:
     return out
 
 
+def relative_cost(cfg: TrainConfig) -> float:
+    """Fit-and-score time relative to the default candidate (finest stage stage3, 1/8 of the
+    input): patches grow with the square of the finest stage's resolution."""
+    from model.backbone import lite0_stage_info
+
+    info = lite0_stage_info()
+    finest = min(info[layer].reduction for layer in cfg.patchcore.layers)
+    return (info["stage3"].reduction / finest) ** 2
+
+
 def synthetic_check(det: Detector, holdout: np.ndarray, valid: np.ndarray | None, seed: int) -> dict[str, float]:
     """Image (and pixel) AUROC of held-out normals against synthetic defects made from them."""
     if len(holdout) < 2:
@@ -102,7 +112,7 @@ def select(
     cands = candidates(base)
     for name, cfg in cands.items():
         spent = time.perf_counter() - t_start
-        if rows and spent + rows[0]["seconds"] > budget_seconds:  # the next one would likely overrun
+        if rows and spent + rows[0]["seconds"] * relative_cost(cfg) > budget_seconds:  # it would likely overrun
             rows.append({"name": name, "status": f"skipped: over the {budget_seconds:.0f} s budget ({spent:.0f} s spent)", "seconds": 0.0})
             log(f"auto: {name} skipped (time budget {budget_seconds:.0f} s, {spent:.0f} s spent)")
             continue

@@ -8,7 +8,7 @@ import numpy as np
 
 from model.config import TrainConfig
 from model.detector import Detector
-from model.selection import NEAR_CHANCE, candidates, near_chance_warning, select
+from model.selection import NEAR_CHANCE, candidates, near_chance_warning, relative_cost, select
 
 
 class Toy(Detector):
@@ -52,6 +52,8 @@ def test_a_candidate_near_chance_is_never_chosen_and_ties_keep_the_default():
     base = TrainConfig(detector="auto", patchcore={"image_size": 32})
     names = list(candidates(base))
     assert names[0] == "patchcore_s3s4"  # the default first
+    # The budget check expects stage2 features (4x the patches) to cost 4x the default.
+    assert [relative_cost(c) for c in candidates(base).values()] == [1.0, 4.0, 0.25]
     fit, holdout = _images(20, 0), _images(12, 1)
     blind_default = select(base, fit, holdout, None, lambda c: Toy(c, blind=c.patchcore.layers == ["stage3", "stage4"]), 600, log=lambda m: None)
     assert blind_default.chosen != "patchcore_s3s4" and not blind_default.warning
