@@ -57,8 +57,7 @@ def train_pipeline(
             metrics["pixel_metrics_note"] = evaluated.evaluation.pixel_note  # why pixel metrics are absent or partial
         metrics.update(thresholds, train_seconds=trained.train_seconds, inference_images_per_second=rate)
         if selection is not None:  # the chosen candidate was checked on synthetic defects while choosing
-            chosen = next(r for r in selection.rows if r.get("chosen"))
-            metrics.update({k: chosen[k] for k in ("syn_image_auroc", "syn_pixel_auroc") if k in chosen}, **selection.metrics())
+            metrics.update(selection.metrics())
             metrics["auto_choice"] = selection.chosen
             warning = selection.warning
             write_json({"chosen": selection.chosen, "candidates": selection.rows}, work / "selection.json")

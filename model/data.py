@@ -82,7 +82,6 @@ __all__ = [
     "load_images",
     "load_mask",
     "load_masks",
-    "image_box",
     "load_framed",
     "image_sizes",
     "valid_masks",
@@ -475,41 +474,29 @@ def _size_key(frame: Frame | None, keep_aspect: bool) -> str:
     return f"{frame[0]}x{frame[1]}" + ("" if keep_aspect else "-squashed")
 
 
-def image_box(path: str | Path, size: Size, data: bytes | None = None, keep_aspect: bool = True) -> Box:
-    """Where the image lies in the model frame (see model.frame), from its header only."""
-    frame = _check_size(size)
-    if frame is None:
-        raise ValueError("image_box needs a frame size")
-    if not keep_aspect:
-        return Box(0, 0, *frame)
-    with _open_header(Path(path), data) as img:
-        return fit_box(_display_size(img), frame)
-
-
 def load_image(path: str | Path, size: Size = None, data: bytes | None = None, keep_aspect: bool = True) -> np.ndarray:
     """uint8 (H, W, 3) array: native size, or placed in the frame `size` keeping its aspect ratio
     (bilinear; see model.frame). keep_aspect=False squashes to the frame, as models saved before
     frames existed were trained."""
-    frame = _check_size(size)
-    path = Path(path)
-    if frame is None:
-        return np.array(open_image(path, data=data), dtype=np.uint8)
-    if data is None:
-        data = _read_bytes(path)
-    box = image_box(path, frame, data=data, keep_aspect=keep_aspect)
-    img = open_image(path, data=data, at_least=(box.width, box.height))
-    return place(img, frame, Image.Resampling.BILINEAR, box=box).astype(np.uint8, copy=False)
+    if _check_size(size) is None:
+        return np.array(open_image(Path(path), data=data), dtype=np.uint8)
+    return load_framed(path, size, data=data, keep_aspect=keep_aspect)[0]  # type: ignore[arg-type]
 
 
 def load_framed(path: str | Path, size: int | tuple[int, int], data: bytes | None = None, keep_aspect: bool = True) -> tuple[np.ndarray, Box, tuple[int, int]]:
     """(array in the frame, the image's box in it, its displayed (width, height)): what inspection
-    needs to score an image and map its heat map back onto it."""
+    needs to score an image and map its heat map back onto it. The header is read once."""
+    frame = _check_size(size)
+    if frame is None:
+        raise ValueError("load_framed needs a frame size")
     path = Path(path)
     if data is None:
         data = _read_bytes(path)
     with _open_header(path, data) as img:
         shown = _display_size(img)
-    return load_image(path, size, data=data, keep_aspect=keep_aspect), image_box(path, size, data, keep_aspect), shown
+    box = fit_box(shown, frame) if keep_aspect else Box(0, 0, *frame)
+    img = open_image(path, data=data, at_least=(box.width, box.height))
+    return place(img, frame, Image.Resampling.BILINEAR, box=box).astype(np.uint8, copy=False), box, shown
 
 
 def _mask_header(path: Path, data: bytes | None) -> tuple[str, tuple[int, int]]:

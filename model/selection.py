@@ -36,7 +36,10 @@ class Selection:
     fit_seconds: float = 0.0
 
     def metrics(self) -> dict[str, float]:
-        out = {f"auto_syn_image_auroc_{r['name']}": r["syn_image_auroc"] for r in self.rows if r.get("syn_image_auroc") is not None}
+        """Every candidate's synthetic score, the chosen one's as the run's own syn_* metrics."""
+        chosen = next(r for r in self.rows if r["name"] == self.chosen)
+        out = {k: chosen[k] for k in ("syn_image_auroc", "syn_pixel_auroc") if k in chosen}
+        out.update({f"auto_syn_image_auroc_{r['name']}": r["syn_image_auroc"] for r in self.rows if r.get("syn_image_auroc") is not None})
         out["auto_seconds"] = float(sum(r.get("seconds", 0.0) for r in self.rows))
         return out
 
