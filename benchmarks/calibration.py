@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import DATASETS, emit, replay  # noqa: E402
+from benchmarks.common import DATASETS, emit, present, replay  # noqa: E402
 from model import calibration, pipeline  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     pipeline.configure_threads(args.threads)
     runs, held = [], {}
-    for name in args.datasets:
-        root, category = DATASETS[name]
-        if not (root / category).is_dir():
-            print(f"skipping {name}: {root / category} not found", file=sys.stderr)
-            continue
+    for name, root, category in present(args.datasets):
         for seed in args.seeds:
             scores = heldout_scores(root, category, seed, args.threads, args.cache_dir)
             held[f"{name}/{seed}"] = scores.tolist()

@@ -15,6 +15,21 @@ DATASETS = {  # development datasets by name: (root, category)
 }
 
 
+def present(names: list[str]) -> list[tuple[str, Path, str]]:
+    """(name, root, category) of each named development dataset that is on disk; the others are
+    skipped with the reason on stderr."""
+    import sys
+
+    found = []
+    for name in names:
+        root, category = DATASETS[name]
+        if (root / category).is_dir():
+            found.append((name, root, category))
+        else:
+            print(f"skipping {name}: {root / category} not found", file=sys.stderr)
+    return found
+
+
 def seeded_parser(doc: str | None) -> argparse.ArgumentParser:
     """--data/--category (default: MVTec AD Bottle in ../shared), --seeds 0 1 2, --threads,
     --cache-dir, --json (write every run) and --from-json (train nothing, print the stored table)."""

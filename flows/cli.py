@@ -36,9 +36,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="image score for decisions (default: smoothed_max autoencoder / max patchcore)")
     p.add_argument("--pixel-threshold-percentile", type=float, default=None,
                    help="percentile of held-out normal map values for the pixel threshold (default: 99.5 autoencoder / 99.99 patchcore)")
-    p.add_argument("--threshold-method", choices=["percentile", "fpr", "tail"], default=d.threshold_method)
+    p.add_argument("--threshold-method", choices=["percentile", "fpr", "tail", "recall"], default=None,
+                   help=f"how the decision threshold is set (default: {d.threshold_method}, or recall with --target-recall)")
     p.add_argument("--threshold-percentile", type=float, default=d.threshold_percentile)
-    p.add_argument("--target-fpr", type=float, default=d.target_fpr)
+    p.add_argument("--target-fpr", type=float, default=d.target_fpr,
+                   help="false-positive rate the tail model of held-out normal scores is cut at (default %(default)s)")
+    p.add_argument("--target-recall", type=float, default=None,
+                   help="set the threshold to keep this share of synthetic defects (made from held-out normals) above it "
+                        "instead; the recall on real defects is estimated by it, not measured")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", default=None, help="disk cache for decoded images (speeds up reruns)")
@@ -65,9 +70,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patchcore=PatchCoreConfig(**(size if args.detector in ("patchcore", "auto") else {})),
         auto_budget_seconds=args.auto_budget,
         keep_aspect=args.keep_aspect,
-        threshold_method=args.threshold_method,
+        threshold_method=args.threshold_method or ("recall" if args.target_recall is not None else TrainConfig().threshold_method),
         threshold_percentile=args.threshold_percentile,
         target_fpr=args.target_fpr,
+        **({"target_recall": args.target_recall} if args.target_recall is not None else {}),
         seed=args.seed,
         num_threads=args.threads,
         cache_dir=args.cache_dir,
@@ -83,10 +89,15 @@ def closing_line(config: TrainConfig, m: dict) -> str:
     parts = [f"image_auroc={m['image_auroc']:.4f} ({config.score_method})"] if "image_auroc" in m else []
     parts += [f"{k}={m[k]:.4f}" for k in ("pixel_auroc", "pixel_aupro", "pixel_iou") if k in m]
     method = m.get("threshold_method_used", config.threshold_method)
-    point = f"target FPR {config.target_fpr:g}" if method in ("fpr", "tail") else f"percentile {config.threshold_percentile:g}"
+    point = (f"target FPR {config.target_fpr:g}" if method in ("fpr", "tail") else f"target recall {config.target_recall:g} on synthetic defects"
+             if method == "recall" else f"percentile {config.threshold_percentile:g}")
     line = ", ".join(parts) + f"; threshold {m['threshold']:.6g} ({method}, {point}"
     if "heldout_fpr" in m:
         line += f"; held-out FPR {m['heldout_fpr']:.3f} [{m['heldout_fpr_low']:.3f}-{m['heldout_fpr_high']:.3f}] on {int(m['heldout_normals'])} normals"
+    if "tail_fpr_estimate" in m:
+        line += f", tail model {m['tail_fpr_estimate']:.3f}"
+    if "syn_recall_estimate" in m:
+        line += f"; estimated recall {m['syn_recall_estimate']:.3f} on synthetic defects"
     line += ")"
     if "recall" in m and "false_positive_rate" in m and m["false_positive_rate"] == m["false_positive_rate"]:
         line += f": recall {m['recall']:.3f} at test FPR {m['false_positive_rate']:.3f}"

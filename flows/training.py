@@ -47,8 +47,12 @@ def train_pipeline(
             trained = TrainedModel(selection.detector, selection.history, selection.fit_seconds)
         else:
             trained = train_model(config, arrays)
+        if selection is not None:  # the chosen candidate was checked on synthetic defects while choosing
+            synthetic, warning = selection.synthetic, selection.warning
+        else:
+            synthetic, warning = check_on_synthetic_defects(trained.detector, config, arrays)
         holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal", arrays.holdout_valid)
-        thresholds = calibrate_threshold(trained.detector, config, holdout)
+        thresholds = calibrate_threshold(trained.detector, config, holdout, synthetic.defect_scores)
         test, rate = score_images(trained.detector, arrays.test, "test", arrays.test_valid)
         evaluated = evaluate(trained.detector, arrays, test, config.score_method, work, config.gate_fraction) if len(arrays.test) else None
 
@@ -56,14 +60,11 @@ def train_pipeline(
         if evaluated and evaluated.evaluation.pixel_note:
             metrics["pixel_metrics_note"] = evaluated.evaluation.pixel_note  # why pixel metrics are absent or partial
         metrics.update(thresholds, train_seconds=trained.train_seconds, inference_images_per_second=rate)
-        if selection is not None:  # the chosen candidate was checked on synthetic defects while choosing
+        metrics.update(synthetic.metrics)
+        if selection is not None:
             metrics.update(selection.metrics())
             metrics["auto_choice"] = selection.chosen
-            warning = selection.warning
             write_json({"chosen": selection.chosen, "candidates": selection.rows}, work / "selection.json")
-        else:
-            check, warning = check_on_synthetic_defects(trained.detector, config, arrays)
-            metrics.update(check)
         if warning:
             metrics["warning"] = warning
         model_dir = trained.detector.save(work / "model")

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-ThresholdMethod = Literal["percentile", "fpr", "tail", "f1_max"]
+ThresholdMethod = Literal["percentile", "fpr", "tail", "recall", "f1_max"]
 NORMAL, DEFECT = "NORMAL", "DEFECT"
 
 
@@ -74,6 +74,22 @@ def tail_threshold(normal_scores: np.ndarray, target_fpr: float = 0.01) -> float
     return float(loc - scale * np.log(-np.log(1.0 - target_fpr)))
 
 
+def tail_exceedance(normal_scores: np.ndarray, threshold: float) -> float:
+    """The fitted normal-score tail's probability of exceeding `threshold`: the model's FPR estimate."""
+    loc, scale = tail_fit(normal_scores)
+    return float(-np.expm1(-np.exp(-(threshold - loc) / scale)))
+
+
+def recall_threshold(defect_scores: np.ndarray, target_recall: float) -> float:
+    """Largest threshold that keeps at least `target_recall` of the given defect scores above it
+    (decisions `score > threshold`). Fed with synthetic defects, so the recall is an estimate."""
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    s = np.sort(_check_scores(defect_scores, "defect"))[::-1]
+    k = int(np.ceil(target_recall * s.size - 1e-9))  # this many must stay above
+    return float(np.nextafter(s[k - 1], -np.inf))
+
+
 def fpr_estimate(normal_scores: np.ndarray, threshold: float, z: float = 1.96) -> dict[str, float]:
     """Share of held-out normal scores above the threshold with its Wilson 95 % interval: what
     the held-out count can say about the false-positive rate the product will see."""
@@ -107,6 +123,8 @@ def calibrate(
     *,
     percentile: float = 95.0,
     target_fpr: float = 0.05,
+    target_recall: float = 0.9,
+    defect_scores: np.ndarray | None = None,
     labelled_scores: np.ndarray | None = None,
     labels: np.ndarray | None = None,
 ) -> float:
@@ -117,11 +135,15 @@ def calibrate(
         return fpr_threshold(normal_scores, target_fpr)
     if method == "tail":
         return tail_threshold(normal_scores, target_fpr)
+    if method == "recall":
+        if defect_scores is None:
+            raise ValueError("recall calibration needs defect scores (synthetic defects in held-out normals)")
+        return recall_threshold(defect_scores, target_recall)
     if method == "f1_max":
         if labelled_scores is None or labels is None:
             raise ValueError("f1_max calibration needs labelled_scores and labels")
         return f1_max_threshold(labelled_scores, labels)
-    raise ValueError(f"unknown threshold method {method!r}; expected percentile, fpr, tail or f1_max")
+    raise ValueError(f"unknown threshold method {method!r}; expected percentile, fpr, tail, recall or f1_max")
 
 
 def decide(scores: np.ndarray, threshold: float) -> np.ndarray:

@@ -51,13 +51,13 @@ class PatchCoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_size: ImageSize = Field(256, description="square input size in pixels (multiple of 16)")
-    backbone: Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"] = Field(
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"] = Field(
         "efficientnet_lite0", description="pretrained network; its weights are read from disk, never downloaded"
     )
-    weights_path: str | None = Field(None, description="state dict file; None = the pip package (Lite0) or $TORCH_HOME (torchvision)")
+    weights_path: str | None = Field(None, description="state dict file; None = the pip package (Lite0/1/2) or $TORCH_HOME (torchvision)")
     layers: list[str] = Field(
         default_factory=lambda: ["stage3", "stage4"],
-        description="feature stages (Lite0: stem, stage1..stage7; ResNets: layer1..layer4); Lite0 stage3 = 1/8, stage4 = 1/16",
+        description="feature stages (Lite0/1/2: stem, stage1..stage7; ResNets: layer1..layer4); Lite0 stage3 = 1/8, stage4 = 1/16",
     )
     pool_size: int = Field(3, ge=1, le=9, description="local aggregation: stride-1 average pool over pool_size x pool_size patches")
     feature_dim: int | None = Field(None, ge=8, description="reduce the concatenated features to this many dims (adaptive average over channels); None = keep all")
@@ -116,12 +116,14 @@ class TrainConfig(BaseModel):
     score_method: ScoreMethod | None = Field(
         None, description="image score used for decisions; None = the family's (autoencoder smoothed_max, patchcore max)"
     )
-    threshold_method: Literal["percentile", "fpr", "tail"] = Field(
+    threshold_method: Literal["percentile", "fpr", "tail", "recall"] = Field(
         "tail", description="tail: a Gumbel law fitted robustly to held-out normal scores, cut at target_fpr; percentile or fpr: "
-        "an order statistic of them (training sees no defect labels, so no f1_max); tail needs 4 held-out normals, else percentile"
+        "an order statistic of them (training sees no defect labels, so no f1_max); tail needs 4 held-out normals, else percentile; "
+        "recall: keep target_recall of synthetic defects in held-out normals above it (an estimate: real defects differ)"
     )
     threshold_percentile: float = Field(99.0, gt=0, le=100)
     target_fpr: float = Field(0.01, ge=0, lt=1, description="false-positive rate the tail / fpr threshold is set for")
+    target_recall: float = Field(0.9, gt=0, le=1, description="recall on synthetic defects the recall threshold is set for (an estimate)")
     pixel_threshold_percentile: float | None = Field(
         None, gt=0, le=100, description="of held-out normal map values; None = the family's (autoencoder 99.5, patchcore 99.99)"
     )

@@ -154,23 +154,37 @@ def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[s
     return det, history, time.perf_counter() - t0
 
 
-def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: ScoreResult) -> dict[str, Any]:
-    """Image and pixel thresholds from held-out normal images only; stored on the detector."""
+def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: ScoreResult, synthetic_scores: np.ndarray | None = None) -> dict[str, Any]:
+    """Image and pixel thresholds from held-out normal images only (and, for the recall operating
+    point, synthetic defects made from them); stored on the detector.
+
+    Beside the threshold: the held-out FPR with its Wilson interval (what the count can say), the
+    tail model's FPR at the threshold, and the share of synthetic defects above it, an estimate
+    of recall that real defects (other kinds, other contrasts) will not match exactly."""
     normal = holdout_result.scores[config.score_method]
     method = config.threshold_method
-    if method == "tail" and len(normal) < calibration.TAIL_MIN_NORMALS:
-        method = "percentile"  # too few held-out normals to fit a tail: the order statistic it replaces
+    if method in ("tail", "recall") and len(normal) < calibration.TAIL_MIN_NORMALS:
+        method = "percentile"  # too few held-out normals to fit a tail or make defects from: the order statistic
+    if method == "recall" and (synthetic_scores is None or len(synthetic_scores) == 0):
+        raise ValueError("threshold_method 'recall' needs the synthetic-defect scores of the held-out normals")
     det.threshold = calibration.calibrate(
         method,
         normal,
         percentile=config.threshold_percentile,
         target_fpr=config.target_fpr,
+        target_recall=config.target_recall,
+        defect_scores=synthetic_scores,
     )
     det.pixel_threshold = calibration.pixel_threshold(holdout_result.maps, config.pixel_threshold_percentile, holdout_result.valid)
-    point = {"target_fpr": config.target_fpr} if method in ("fpr", "tail") else {"threshold_percentile": config.threshold_percentile}
-    # What the held-out count can say about the false-positive rate at this threshold (Wilson 95 %).
-    return {"threshold": det.threshold, "pixel_threshold": det.pixel_threshold, "threshold_method_used": method, **point,
-            **calibration.fpr_estimate(normal, det.threshold)}
+    point = ({"target_fpr": config.target_fpr} if method in ("fpr", "tail") else {"target_recall": config.target_recall} if method == "recall"
+             else {"threshold_percentile": config.threshold_percentile})
+    out = {"threshold": det.threshold, "pixel_threshold": det.pixel_threshold, "threshold_method_used": method, **point,
+           **calibration.fpr_estimate(normal, det.threshold)}
+    if len(normal) >= calibration.TAIL_MIN_NORMALS:
+        out["tail_fpr_estimate"] = calibration.tail_exceedance(normal, det.threshold)
+    if synthetic_scores is not None and len(synthetic_scores):
+        out["syn_recall_estimate"] = float(np.mean(np.asarray(synthetic_scores) > det.threshold))
+    return out
 
 
 def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, score_method: str) -> Evaluation:

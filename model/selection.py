@@ -23,6 +23,18 @@ from model.synthetic import KINDS, SUBTLE_KINDS, synthetic_set
 
 NEAR_CHANCE = 0.6  # synthetic-defect image AUROC below this: the model does not see defects here
 TIE = 0.005  # a later candidate must beat the earlier (simpler, default-first) ones by more than this
+LEAD_SE = 2.0  # ... and by more than this many bootstrap standard errors of the lead
+BOOTSTRAP = 200
+
+
+@dataclass
+class SyntheticCheck:
+    """Synthetic-defect AUROCs (syn_image_auroc, syn_pixel_auroc) and the copies' decision scores
+    (what --target-recall sets the threshold on)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    defect_scores: np.ndarray | None = None
+    normal_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -32,6 +44,7 @@ class Selection:
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per candidate: name, scores, seconds, status
     warning: str = ""
     detector: Detector | None = None  # the chosen candidate, already fitted (not refitted by the run)
+    synthetic: SyntheticCheck = field(default_factory=SyntheticCheck)  # the chosen candidate's
     history: list[dict[str, Any]] = field(default_factory=list)
     fit_seconds: float = 0.0
 
@@ -44,14 +57,25 @@ class Selection:
         return out
 
 
-def candidates(base: TrainConfig) -> dict[str, TrainConfig]:
-    """Name -> run config, the default first. PatchCore on EfficientNet-Lite0 at three depths of
-    features; the autoencoder trains for minutes and is left to an explicit --detector choice."""
+# name -> (backbone, feature stages); the first is the default family's own configuration
+POOL: dict[str, tuple[str, list[str]]] = {
+    "patchcore_s3s4": ("efficientnet_lite0", ["stage3", "stage4"]),
+    "patchcore_s2s3": ("efficientnet_lite0", ["stage2", "stage3"]),
+    "patchcore_s4s5": ("efficientnet_lite0", ["stage4", "stage5"]),
+    "patchcore_lite1_s3s4": ("efficientnet_lite1", ["stage3", "stage4"]),
+    "patchcore_lite2_s3s4": ("efficientnet_lite2", ["stage3", "stage4"]),
+}
+AUTO = ("patchcore_s3s4", "patchcore_s2s3", "patchcore_s4s5")  # what --detector auto runs, in this order
+
+
+def candidates(base: TrainConfig, pool: str = "auto") -> dict[str, TrainConfig]:
+    """Name -> run config, the default first (`pool="all"`: every entry of POOL, for the benchmark).
+    PatchCore only: the autoencoder trains for minutes and is left to an explicit --detector choice."""
     pc = base.patchcore
-    layer_sets = {"patchcore_s3s4": ["stage3", "stage4"], "patchcore_s2s3": ["stage2", "stage3"], "patchcore_s4s5": ["stage4", "stage5"]}
     out = {}
-    for name, layers in layer_sets.items():
-        cfg = PatchCoreConfig(**{**pc.model_dump(), "backbone": "efficientnet_lite0", "layers": layers})
+    for name in AUTO if pool == "auto" else POOL:
+        backbone, layers = POOL[name]
+        cfg = PatchCoreConfig(**{**pc.model_dump(), "backbone": backbone, "layers": layers})
         out[name] = base.model_copy(update={"detector": "patchcore", "patchcore": cfg})
     return out
 
@@ -66,10 +90,10 @@ def relative_cost(cfg: TrainConfig) -> float:
     return (info["stage3"].reduction / finest) ** 2
 
 
-def synthetic_check(det: Detector, holdout: np.ndarray, valid: np.ndarray | None, seed: int) -> dict[str, float]:
+def synthetic_check(det: Detector, holdout: np.ndarray, valid: np.ndarray | None, seed: int) -> SyntheticCheck:
     """Image (and pixel) AUROC of held-out normals against synthetic defects made from them."""
     if len(holdout) < 2:
-        return {}
+        return SyntheticCheck()
     kinds = KINDS + SUBTLE_KINDS
     syn, syn_masks, _ = synthetic_set(holdout, seed=seed, per_image=2, kinds=kinds)
     if valid is not None:  # a defect painted on padding is no defect: keep the copies' masks inside the image
@@ -80,7 +104,7 @@ def synthetic_check(det: Detector, holdout: np.ndarray, valid: np.ndarray | None
     out = {"syn_image_auroc": metrics.image_auroc(labels, np.r_[normal.scores[det.score_method], defective.scores[det.score_method]])}
     if syn_masks.any():
         out["syn_pixel_auroc"] = metrics.pixel_auroc(syn_masks, defective.maps)
-    return out
+    return SyntheticCheck(out, defective.scores[det.score_method], normal.scores[det.score_method])
 
 
 def near_chance_warning(what: str, syn_auroc: float | None) -> str:
@@ -90,11 +114,48 @@ def near_chance_warning(what: str, syn_auroc: float | None) -> str:
             f"< {NEAR_CHANCE}): it is unlikely to catch real defects on this product; try --detector auto or another family")
 
 
-def _better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Usable (not near chance) and ahead of the best so far by more than TIE (or the best so far is not usable)."""
-    if row["syn_image_auroc"] < NEAR_CHANCE:
-        return best is None
-    return best is None or best["syn_image_auroc"] < NEAR_CHANCE or row["syn_image_auroc"] > best["syn_image_auroc"] + TIE
+def _auroc(normal: np.ndarray, defect: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC of each row pair (B, n) x (B, m), ties counted half."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([normal, defect], axis=1), axis=1)
+    m = defect.shape[1]
+    return (ranks[:, normal.shape[1]:].sum(axis=1) - m * (m + 1) / 2) / (normal.shape[1] * m)
+
+
+def auroc_lead(a: SyntheticCheck, b: SyntheticCheck, seed: int = 0, n_boot: int = BOOTSTRAP) -> tuple[float, float]:
+    """(a's synthetic image AUROC minus b's, the bootstrap standard error of that lead). Both
+    candidates scored the same held-out normals and synthetic copies, so one resample of those
+    images is applied to both: the error is that of the difference, not of each AUROC."""
+    assert a.normal_scores is not None and a.defect_scores is not None and b.normal_scores is not None and b.defect_scores is not None
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(a.normal_scores), (n_boot, len(a.normal_scores)))
+    j = rng.integers(0, len(a.defect_scores), (n_boot, len(a.defect_scores)))
+    lead = _auroc(a.normal_scores[None], a.defect_scores[None])[0] - _auroc(b.normal_scores[None], b.defect_scores[None])[0]
+    boot = _auroc(a.normal_scores[i], a.defect_scores[j]) - _auroc(b.normal_scores[i], b.defect_scores[j])
+    return float(lead), float(boot.std(ddof=1))
+
+
+def pick(rows: list[dict[str, Any]], checks: dict[str, SyntheticCheck], seed: int = 0) -> str | None:
+    """The candidate to keep among scored rows in candidate order (None: none scored). A later
+    candidate replaces the best so far only when it is usable (not near chance) and its lead is
+    clear: more than TIE and more than LEAD_SE standard errors (model.selection.auroc_lead). So a
+    lead the held-out count cannot support leaves the default. Writes lead/lead_se into the rows."""
+    best: dict[str, Any] | None = None
+    for row in rows:
+        if row.get("syn_image_auroc") is None:
+            continue
+        if row["syn_image_auroc"] < NEAR_CHANCE:
+            better = best is None
+        elif best is None or best["syn_image_auroc"] < NEAR_CHANCE:
+            better = True
+        else:
+            lead, se = auroc_lead(checks[row["name"]], checks[best["name"]], seed)
+            row["lead_over"], row["lead"], row["lead_se"] = best["name"], lead, se
+            better = lead > max(TIE, LEAD_SE * se)
+        if better:
+            best = row
+    return None if best is None else best["name"]
 
 
 def select(
@@ -109,8 +170,9 @@ def select(
     """Fit and score each candidate in order (default first) until the time budget is spent;
     keep the best (only its fitted detector is kept in memory)."""
     rows: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    kept: tuple[Detector, list[dict[str, Any]], float] | None = None
+    checks: dict[str, SyntheticCheck] = {}
+    best: str | None = None
+    kept: tuple[Detector, list[dict[str, Any]], float, SyntheticCheck] | None = None
     t_start = time.perf_counter()
     cands = candidates(base)
     for name, cfg in cands.items():
@@ -124,16 +186,20 @@ def select(
         history = det.fit(fit, holdout, progress=None)
         fit_s = time.perf_counter() - t0
         check = synthetic_check(det, holdout, holdout_valid, cfg.seed)
-        row = {"name": name, "layers": cfg.patchcore.layers, **check, "fit_seconds": fit_s, "seconds": time.perf_counter() - t0, "status": "scored"}
+        row = {"name": name, "backbone": cfg.patchcore.backbone, "layers": cfg.patchcore.layers, **check.metrics, "fit_seconds": fit_s, "seconds": time.perf_counter() - t0, "status": "scored"}
         rows.append(row)
-        log(f"auto: {name} synthetic image AUROC {check.get('syn_image_auroc', float('nan')):.4f}, "
-            f"pixel AUROC {check.get('syn_pixel_auroc', float('nan')):.4f} ({row['seconds']:.1f} s)")
-        if "syn_image_auroc" in row and _better(row, best):
-            best, kept = row, (det, history, fit_s)
+        checks[name] = check
+        now = pick(rows, checks, cfg.seed)
+        lead = f", lead over {row['lead_over']} {row['lead']:+.4f} ± {row['lead_se']:.4f}" if "lead" in row else ""
+        log(f"auto: {name} synthetic image AUROC {row.get('syn_image_auroc', float('nan')):.4f}, "
+            f"pixel AUROC {row.get('syn_pixel_auroc', float('nan')):.4f}{lead} ({row['seconds']:.1f} s)")
+        if now != best:  # only the best so far stays in memory
+            best, kept = now, (det, history, fit_s, check)
     if best is None:
         raise ValueError("--detector auto needs at least 2 held-out normal images to score its candidates")
-    warning = near_chance_warning("every auto candidate", best["syn_image_auroc"]) if best["syn_image_auroc"] < NEAR_CHANCE else ""
+    chosen = next(r for r in rows if r["name"] == best)
+    warning = near_chance_warning("every auto candidate", chosen["syn_image_auroc"]) if chosen["syn_image_auroc"] < NEAR_CHANCE else ""
     for r in rows:
-        r["chosen"] = r["name"] == best["name"]
+        r["chosen"] = r["name"] == best
     assert kept is not None
-    return Selection(best["name"], cands[best["name"]], rows, warning, kept[0], kept[1], kept[2])
+    return Selection(best, cands[best], rows, warning, kept[0], kept[3], kept[1], kept[2])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -12,7 +14,7 @@ from model.detector import Detector, ScoreResult
 
 
 @task(name="calibrate_threshold", cache_policy=NO_CACHE)
-def calibrate_threshold(detector: Detector, config: TrainConfig, holdout: ScoreResult) -> dict[str, Any]:
-    thresholds = pipeline.calibrate_detector(detector, config, holdout)
+def calibrate_threshold(detector: Detector, config: TrainConfig, holdout: ScoreResult, synthetic_scores: np.ndarray | None = None) -> dict[str, Any]:
+    thresholds = pipeline.calibrate_detector(detector, config, holdout, synthetic_scores)
     get_run_logger().info("threshold=%.6g (%s), pixel_threshold=%.6g", thresholds["threshold"], thresholds["threshold_method_used"], thresholds["pixel_threshold"])
     return thresholds

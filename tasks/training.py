@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from model import data, pipeline
 from model.config import TrainConfig
 from model.detector import Detector
-from model.selection import Selection, near_chance_warning, select, synthetic_check
+from model.selection import Selection, SyntheticCheck, near_chance_warning, select, synthetic_check
 
 
 @dataclass
@@ -57,10 +57,10 @@ def choose_detector(config: TrainConfig, arrays: pipeline.Arrays) -> Selection:
 
 
 @task(name="check_on_synthetic_defects", cache_policy=NO_CACHE)
-def check_on_synthetic_defects(detector: Detector, config: TrainConfig, arrays: pipeline.Arrays) -> tuple[dict[str, float], str]:
+def check_on_synthetic_defects(detector: Detector, config: TrainConfig, arrays: pipeline.Arrays) -> tuple[SyntheticCheck, str]:
     """Synthetic-defect AUROC of the trained model on held-out normals; a warning when near chance."""
     check = synthetic_check(detector, arrays.holdout, arrays.holdout_valid, config.seed)
-    warning = near_chance_warning(f"the {detector.family} model", check.get("syn_image_auroc"))
+    warning = near_chance_warning(f"the {detector.family} model", check.metrics.get("syn_image_auroc"))
     if warning:
         get_run_logger().warning("%s", warning)
     return check, warning

@@ -97,3 +97,25 @@ def test_tail_threshold_stays_put_when_train_good_holds_a_few_odd_images():
     assert est["heldout_normals"] == 40 and est["heldout_fpr_low"] <= est["heldout_fpr"] <= est["heldout_fpr_high"] <= 0.2
     with pytest.raises(ValueError, match="at least 4"):
         tail_threshold(normals[:3], 0.01)
+
+
+def test_recall_threshold_keeps_the_target_share_of_defect_scores_above_it():
+    from model.calibration import recall_threshold
+
+    rng = np.random.default_rng(0)
+    defects = rng.normal(5, 1, 200)
+    for target in (0.5, 0.9, 0.95, 1.0):
+        t = recall_threshold(defects, target)
+        assert np.mean(defects > t) >= target
+        kth = np.sort(defects)[::-1][int(np.ceil(target * len(defects))) - 1]
+        assert t < kth and np.mean(defects > kth) < target  # the largest such threshold
+    with pytest.raises(ValueError, match="target_recall"):
+        recall_threshold(defects, 0.0)
+
+
+def test_tail_exceedance_at_the_tail_threshold_is_the_target_fpr():
+    from model.calibration import tail_exceedance, tail_threshold
+
+    normal = np.random.default_rng(1).gumbel(3.0, 0.5, 40)
+    for fpr in (0.001, 0.01, 0.05):
+        assert tail_exceedance(normal, tail_threshold(normal, fpr)) == pytest.approx(fpr, rel=1e-9)

@@ -220,3 +220,56 @@ def test_auto_chooses_on_held_out_normals_only_and_permuted_test_labels_change_n
     assert all(0.0 <= r["syn_image_auroc"] <= 1.0 for r in s1["candidates"] if r["status"] == "scored")
     assert m1["image_auroc"] != m2["image_auroc"]  # the labels did move
     assert "auto chose" in capsys.readouterr().out
+
+
+def test_a_few_defective_parts_in_train_good_do_not_set_the_threshold(tmp_path):
+    """Calibration with odd images in train/good: three defective parts filed as good (as happens
+    on a line), named so that the seeded split holds all three out for calibration. The tail
+    threshold follows the bulk of the held-out scores, so the three sit above it (held-out FPR 3/n)
+    and the real defects are still caught; the 99th percentile of the same scores is dragged up
+    to the odd parts and misses more."""
+    import itertools
+
+    from model import data
+    from model.demo import make_demo_dataset
+
+    root = tmp_path / "odd"
+    make_demo_dataset(root, "demo", seed=1, image_size=64, n_train=80, n_test_good=8, n_test_per_defect=4)
+    slipped = make_demo_dataset(tmp_path / "other", "demo", seed=2, image_size=64, n_train=1, n_test_good=0, n_test_per_defect=1)
+    good = root / "demo" / "train" / "good"
+    odd = sorted(p for p in (slipped / "test").rglob("*.png") if p.parent.name != "good")
+    assert len(odd) == 3
+    train = data.scan_mvtec(root, "demo").train
+    for stems in itertools.combinations([s.path.stem for s in train], 3):  # deterministic: the first the split holds out
+        names = [f"{stem}_odd.png" for stem in stems]
+        _, held = data.split_train([*train, *(data.Sample(good / n, "train", "good") for n in names)], 0.2, 0)
+        if sum("odd" in s.path.name for s in held) == 3:
+            break
+    else:
+        pytest.fail("no naming puts the odd parts in the held-out split")
+    for p, n in zip(odd, names):
+        shutil.copy(p, good / n)
+
+    runs = {}
+    for method in ("tail", "percentile"):
+        out = tmp_path / method
+        assert main(["train", "--data", str(root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
+                     "--image-size", "64", "--threads", "2", "--no-register", "--threshold-method", method]) == 0
+        runs[method] = json.loads((out / "metrics.json").read_text())
+    tail, pct = runs["tail"], runs["percentile"]
+    assert tail["threshold_method_used"] == "tail" and tail["heldout_normals"] == len(held)
+    assert round(tail["heldout_fpr"] * tail["heldout_normals"]) >= 2  # the clearly odd parts are above it, not under it
+    assert tail["recall"] >= 0.7 and tail["false_positive_rate"] <= 0.25, tail
+    assert 0 < tail["tail_fpr_estimate"] < 0.05
+    assert pct["threshold"] > tail["threshold"] and pct["recall"] <= 0.3, pct  # an order statistic follows them up
+
+
+def test_target_recall_sets_the_threshold_on_synthetic_defects_and_says_it_is_an_estimate(demo_root, tmp_path, capsys):
+    out = tmp_path / "recall"
+    assert main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
+                 "--image-size", "64", "--threads", "2", "--no-register", "--target-recall", "0.95"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["threshold_method_used"] == "recall" and m["target_recall"] == 0.95
+    assert m["syn_recall_estimate"] >= 0.95
+    assert json.loads((out / "config.json").read_text())["threshold_method"] == "recall"
+    assert "target recall 0.95 on synthetic defects" in capsys.readouterr().out

@@ -64,3 +64,31 @@ def test_a_candidate_near_chance_is_never_chosen_and_ties_keep_the_default():
     all_blind = select(base, fit, holdout, None, lambda c: Toy(c, blind=True), 600, log=lambda m: None)
     assert "near chance" in all_blind.warning
     assert near_chance_warning("x", 0.9) == "" and "near chance" in near_chance_warning("the autoencoder model", 0.52)
+
+
+def test_a_lead_the_held_out_count_cannot_support_keeps_the_default():
+    """pick() replaces the default only on a clear lead: more than TIE and more than LEAD_SE
+    bootstrap standard errors of the difference on the same held-out images."""
+    from model.selection import SyntheticCheck, auroc_lead, pick
+
+    rng = np.random.default_rng(0)
+
+    def pair(n: int, shift_b: float) -> dict[str, SyntheticCheck]:
+        normal, defect = rng.normal(0, 1, n), rng.normal(1.5, 1, 2 * n)
+        noise_n, noise_d = rng.normal(0, 0.3, n), rng.normal(0, 0.3, 2 * n)  # b: the same images, its own noise
+        return {"a": SyntheticCheck({}, defect, normal), "b": SyntheticCheck({}, defect + shift_b + noise_d, normal + noise_n)}
+
+    def rows(checks: dict[str, SyntheticCheck]) -> list[dict]:
+        from model.selection import _auroc
+
+        return [{"name": k, "syn_image_auroc": float(_auroc(c.normal_scores[None], c.defect_scores[None])[0])} for k, c in checks.items()]
+
+    small = pair(10, 0.15)  # b a little ahead on 10 held-out normals: within the noise
+    r = rows(small)
+    lead, se = auroc_lead(small["b"], small["a"])
+    assert lead == r[1]["syn_image_auroc"] - r[0]["syn_image_auroc"] and se > 0
+    assert pick(r, small) == "a" and r[1]["lead_se"] == se and r[1]["lead"] > 0.02  # well past TIE, yet not clear
+    large = pair(400, 0.6)  # a clear lead on 400
+    r = rows(large)
+    assert r[1]["syn_image_auroc"] - r[0]["syn_image_auroc"] > 0.02
+    assert pick(r, large) == "b" and r[1]["lead"] > 2 * r[1]["lead_se"]
