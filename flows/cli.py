@@ -152,6 +152,25 @@ def cmd_import_elpv(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from review.app import create_app
+
+    if args.host not in LOOPBACK and not args.token:
+        raise ValueError(f"--host {args.host} opens the review app to other machines: give --token (a long random string) too")
+    db = args.db or f"sqlite:///{(args.results[0] / 'review.sqlite').resolve()}"
+    app = create_app(args.results, db, token=args.token)
+    url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
+    print(f"review: {len(app.state.results.frame)} inspected parts from {', '.join(str(r) for r in args.results)}; labels in {db.split('@')[-1]}")
+    print(f"review: open {url}  (Ctrl+C stops; labels are saved as they are made)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion", help="registry alias to resolve (once per run)")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold for this run")
     p.add_argument("--batch-size", type=int, default=16)
+    p = sub.add_parser("review", help="review inspection verdicts in the browser and label them (labels in a database)")
+    p.add_argument("--results", required=True, type=Path, nargs="+", help="one or more `anomaflow inspect` output folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--token", default=None, help="required on every request (open the printed link once; a cookie keeps it)")
+    p.add_argument("--db", default=None, help="SQLAlchemy URL of the label database (default: sqlite file review.sqlite in the first results folder)")
     p = sub.add_parser("import-elpv", help="write the ELPV solar-cell images (pip install 'anomaflow[elpv]') as elpv_mono and elpv_poly in the MVTec layout")
     p.add_argument("dest", type=Path, help="data root to write elpv_mono/ and elpv_poly/ under")
     p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split of the defect-free cells into train/good and test/good")
@@ -177,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv}
+    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv, "review": cmd_review}
     from model.data import DataError
 
     try:

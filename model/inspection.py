@@ -38,6 +38,7 @@ from model.frame import Box, display_size, to_image_frame, valid_mask
 RESULTS_FILE = "results.csv"
 LOCK_FILE = ".inspection.lock"
 FIGURES_DIR = "defects"
+VIEWS_DIR = "views"  # every scored image at model resolution with its overlay: what the review app shows
 FIELDS = ("path", "sha256", "score", "decision", "threshold", "model_name", "model_version", "inspected_at", "error", "duplicate_of")
 # results.csv written before duplicate_of existed: upgraded in place (under the lock) on first use.
 _LEGACY_FIELDS = FIELDS[:-1]
@@ -307,6 +308,12 @@ def defect_figure_paths(output_dir: Path, sha256: str) -> tuple[Path, Path]:
     return d / f"{sha256[:16]}_heatmap.png", d / f"{sha256[:16]}_overlay.png"
 
 
+def view_paths(output_dir: Path, sha256: str) -> tuple[Path, Path]:
+    """Review copies (the image as the model saw it, and with its heat map), named by content hash."""
+    d = output_dir / VIEWS_DIR
+    return d / f"{sha256[:16]}.jpg", d / f"{sha256[:16]}_overlay.jpg"
+
+
 def heatmap_rgb(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
     """Map -> uint8 RGB with a fixed scale (0..vmax), so colours mean the same in every image."""
     from matplotlib import colormaps
@@ -364,15 +371,16 @@ def real_dir(path: Path, create: bool = True) -> None:
 
 
 def save_png_atomic(array: np.ndarray, path: Path) -> None:
-    """Write via a temporary name and rename: a reader never sees half a PNG. On failure the
-    temporary file is removed and the error names the figure it was writing."""
+    """Write via a temporary name and rename: a reader never sees half a PNG (or JPEG, by the
+    suffix). On failure the temporary file is removed and the error names the figure it was writing."""
     from PIL import Image
 
     real_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
     try:
         with os.fdopen(_open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
-            Image.fromarray(array).save(fh, format="PNG")
+            Image.fromarray(array).save(fh, format="JPEG" if jpeg else "PNG", **({"quality": 88} if jpeg else {}))
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -510,6 +518,13 @@ def score_items(
         result = detector.score(batch, valid_mask(boxes, detector.frame))
         scores = result.scores[detector.score_method]
         for i, (item, s, d) in enumerate(zip(keep, scores, decide(scores, threshold))):
+            if write_figures:  # review copies of every part: a missed defect is reviewed on a NORMAL row
+                b = boxes[i]
+                crop = np.ascontiguousarray(batch[i][b.top : b.top + b.height, b.left : b.left + b.width])
+                heat = result.maps[i][b.top : b.top + b.height, b.left : b.left + b.width]
+                view, view_overlay = view_paths(figures_dir, item.sha256)
+                save_png_atomic(crop, view)
+                save_png_atomic(overlay_rgb(crop, heat, vmax or float(heat.max()) or 1.0), view_overlay)
             if d == DEFECT and write_figures:
                 heat_path, over_path = defect_figure_paths(figures_dir, item.sha256)
                 picture, m = in_image_frame(item, batch[i], result.maps[i], boxes[i], sizes[i])

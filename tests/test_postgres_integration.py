@@ -115,3 +115,20 @@ def test_train_register_and_inspect_through_mlflow_on_postgres(postgres, mlflow_
     assert result["model_version"] == version and len(rows) == 6
     assert {(r["model_name"], r["model_version"]) for r in rows} == {(NAME, version)}
     assert all(r["decision"] in ("NORMAL", "DEFECT") for r in rows)
+
+
+def test_review_labels_on_postgres_two_reviewers_at_once(postgres):
+    """The review app's label store on the real PostgreSQL: ten reviewers label one unlabelled part
+    at the same moment, each having seen no label: exactly one write lands, nine get a Conflict
+    naming it; the history survives a new store (a restarted server)."""
+    import psycopg
+
+    from review.store import LabelStore
+    from tests.test_review import race
+
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE review")
+    url = postgres.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0] + "/review"
+    assert race(LabelStore(url), "c" * 64) == ["conflict"] * 9 + ["saved"]
+    history = LabelStore(url).history("c" * 64)
+    assert len(history) == 1 and history[0].reviewer.startswith("reviewer")

@@ -1,0 +1,67 @@
+"""How fast the review app's list page answers on a large inspection folder.
+
+    .venv/bin/python benchmarks/review_list.py [--rows 10000] [--repeats 5]
+
+Generates an inspection folder (review.sample; images for the first 50 rows only), labels 500
+parts, then times GET requests of the list page in-process (FastAPI TestClient: the server's own
+work, no network): first page by score, a deep page, a filter on decision and review state, a
+sort by path, and a part view. Prints the median and the worst of --repeats per request.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import emit  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10000)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    from fastapi.testclient import TestClient
+
+    from review.app import create_app
+    from review.sample import make_inspection_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        folder = make_inspection_folder(Path(tmp) / "inspect", n=args.rows, images=50)
+        client = TestClient(create_app([folder], f"sqlite:///{tmp}/labels.sqlite"))
+        print(f"{args.rows} rows generated and loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        rows = client.app.state.results.frame
+        store = client.app.state.store
+        for sha, version in list(zip(rows["sha256"], rows["model_version"]))[:500]:
+            store.add(sha, version, "good", "bench")
+        pages = client.app.state.results.page({}).pages
+        requests = {
+            "list, page 1 by score": "/parts",
+            f"list, page {pages // 2} by score": f"/parts?page={pages // 2}",
+            "list, DEFECT and unreviewed": "/parts?decision=DEFECT&state=unreviewed",
+            "list, sorted by path": "/parts?sort=path&order=asc",
+            "overview (counts, histogram)": "/",
+            "part view": f"/parts/{rows['sha256'].iloc[0]}",
+        }
+        lines = [f"## Review app on {args.rows} rows (500 labelled), {args.repeats} requests each", "",
+                 "| request | median ms | worst ms |", "|---|---|---|"]
+        for name, url in requests.items():
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                r = client.get(url)
+                times.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200, (url, r.status_code)
+            lines.append(f"| {name} | {statistics.median(times):.0f} | {max(times):.0f} |")
+        emit(lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
