@@ -130,6 +130,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{args.model} v{result['model_version']}: NORMAL {result['NORMAL']}, DEFECT {result['DEFECT']}, "
           f"ERROR {result['ERROR']} ({result['duplicates']} of them duplicate content with a copied verdict; "
           f"skipped {result['skipped']} already inspected); results in {args.output / 'results.csv'}")
+    if "drift" in result:
+        print(("WARNING: " if result["drift_flagged"] else "") + f"drift: {result['drift']}")
+    print(f"review: anomaflow review --results {args.output}")
     return 0
 
 

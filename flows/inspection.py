@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.states import Completed
 
 from model.inspection import InspectionSummary
+from model.drift import DriftLimits
 from tasks.inspection import (
-    ModelRef, dask_task_runner, inspect_images, publish_inspection, resolve_dask_address, resolve_model, run_shards,
+    ModelRef, check_drift, dask_task_runner, inspect_images, publish_inspection, resolve_dask_address, resolve_model, run_shards,
     start_cluster,
 )
 
@@ -39,6 +41,7 @@ def batch_inspection(
     dask_address: str | None = None,
     dask_workers: int = 0,
     shard_size: int = 64,
+    drift_limits: DriftLimits = DriftLimits(),
 ) -> dict[str, Any]:
     """Inspect every image under input_dir into output_dir/results.csv (one row per image and
     model version; reruns skip finished images). threshold overrides the model's own.
@@ -47,6 +50,9 @@ def batch_inspection(
     $ANOMAFLOW_DASK_ADDRESS) to score shards of shard_size images on; dask_workers > 0 without an
     address starts a temporary LocalCluster of that many single-threaded workers. Workers must
     see input_dir and output_dir at the same paths, and reach the MLflow server.
+
+    drift_limits: when this batch's scores or input statistics move past them (model.drift), the
+    run ends in a Completed state named "Drift" with the reasons, and drift.json says so.
     """
     model = resolve_model(model_name, alias)
     address = resolve_dask_address(dask_address)
@@ -58,5 +64,10 @@ def batch_inspection(
     else:
         summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size)
     publish_inspection(model, summary, Path(output_dir), threshold)
-    return {"model_version": model.version, **summary.counts(), "inspected": summary.inspected,
-            "duplicates": summary.duplicates, "skipped": summary.skipped, "images_per_second": summary.images_per_second}
+    drift = check_drift(model, summary, Path(output_dir), threshold, drift_limits)
+    result = {"model_version": model.version, **summary.counts(), "inspected": summary.inspected,
+              "duplicates": summary.duplicates, "skipped": summary.skipped, "images_per_second": summary.images_per_second,
+              **({"drift": drift.summary, "drift_flagged": drift.flagged} if drift else {})}
+    if drift is not None and drift.flagged:  # a flagged state in the UI; the caller still gets the result
+        return Completed(name="Drift", message=drift.summary, data=result)  # type: ignore[return-value]
+    return result

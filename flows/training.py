@@ -52,7 +52,7 @@ def train_pipeline(
         else:
             synthetic, warning = check_on_synthetic_defects(trained.detector, config, arrays)
         holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal", arrays.holdout_valid)
-        thresholds = calibrate_threshold(trained.detector, config, holdout, synthetic.defect_scores)
+        thresholds = calibrate_threshold(trained.detector, config, holdout, synthetic.defect_scores, arrays)
         test, rate = score_images(trained.detector, arrays.test, "test", arrays.test_valid)
         evaluated = evaluate(trained.detector, arrays, test, config.score_method, work, config.gate_fraction) if len(arrays.test) else None
 

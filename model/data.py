@@ -716,6 +716,15 @@ def image_sizes(samples: Sequence[Sample]) -> list[tuple[int, int]]:
     return [_image_display_size(s.path) for s in samples]
 
 
+def image_modes(samples: Sequence[Sample]) -> list[str]:
+    """PIL colour mode of each sample's file (L, RGB, I;16, ...), from headers only."""
+    out = []
+    for s in samples:
+        with _open_header(s.path) as img:
+            out.append(img.mode)
+    return out
+
+
 def valid_masks(samples: Sequence[Sample], size: int | tuple[int, int], keep_aspect: bool = True) -> np.ndarray | None:
     """(N, H, W) bool: where each image lies in the frame (the rest is padding); None when every
     image fills it, the common case of one aspect ratio per dataset."""

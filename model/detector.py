@@ -64,6 +64,7 @@ class Detector(ABC):
         self.score_sigma = score_sigma
         self.threshold: float | None = None  # image-level, calibrated on held-out normals
         self.pixel_threshold: float | None = None  # segmentation threshold for IoU / overlays
+        self.reference: dict[str, Any] | None = None  # what inspection batches are compared with (model.drift)
 
     # -- learning and inference -------------------------------------------------------
     @abstractmethod
@@ -127,6 +128,7 @@ class Detector(ABC):
             "score_sigma": self.score_sigma,
             "threshold": self.threshold,
             "pixel_threshold": self.pixel_threshold,
+            "reference": self.reference,
             "config": self.config_dict(),
         }
 
@@ -167,6 +169,7 @@ def load_detector(directory: str | Path) -> Detector:
     det.score_sigma = meta["score_sigma"]
     det.threshold = meta["threshold"]
     det.pixel_threshold = meta["pixel_threshold"]
+    det.reference = meta.get("reference")  # absent in models saved before drift reports
     # Saved before frames existed: a square frame, and images were squashed into it.
     det.frame = tuple(meta.get("frame") or (det.image_size, det.image_size))  # type: ignore[assignment]
     det.keep_aspect = bool(meta.get("keep_aspect", False))

@@ -105,6 +105,8 @@ class Row:
     inspected_at: str
     error: str = ""
     duplicate_of: str = ""  # path of the file whose verdict this row copies (same content)
+    # (brightness, width, height, mode) of a scored image: for the drift report, not written to results.csv
+    stats: tuple[float, int, int, str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_record(cls, r: dict[str, str]) -> "Row":
@@ -397,6 +399,10 @@ class InspectionSummary:
     defect: int = 0
     error: int = 0
     seconds: float = 0.0
+    scores: list[float] = field(default_factory=list)  # of images scored in this run (drift report)
+    brightness: list[float] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -413,6 +419,11 @@ class InspectionSummary:
                 self.duplicates += 1
             else:
                 self.inspected += 1
+            if r.stats is not None and r.score is not None and not r.duplicate_of:
+                self.scores.append(r.score)
+                self.brightness.append(r.stats[0])
+                self.sizes.append((r.stats[1], r.stats[2]))
+                self.modes.append(r.stats[3])
             if r.decision == ERROR:
                 self.error += 1
             elif r.decision == DEFECT:
@@ -531,8 +542,27 @@ def score_items(
                 scale = vmax or float(m.max())
                 save_png_atomic(heatmap_rgb(m, scale), heat_path)
                 save_png_atomic(overlay_rgb(picture, m, scale), over_path)
-            rows.append(make_row(item, float(s), str(d)))
+            row = make_row(item, float(s), str(d))
+            row.stats = (image_brightness(batch[i], boxes[i]), int(sizes[i][0]), int(sizes[i][1]), image_mode(item))
+            rows.append(row)
     return rows
+
+
+def image_brightness(framed: np.ndarray, box: Box) -> float:
+    """Mean brightness of the image's own part of the frame (model.drift.image_stats)."""
+    from model.drift import image_stats
+
+    return image_stats(framed[box.top : box.top + box.height, box.left : box.left + box.width])
+
+
+def image_mode(item: Item) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(item.raw or b"")) as img:
+            return img.mode
+    except Exception:  # noqa: BLE001 - it decoded a moment ago; the mode is only reported
+        return "?"
 
 
 def inspect_files(

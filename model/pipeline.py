@@ -187,6 +187,18 @@ def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: Score
     return out
 
 
+def drift_reference(det: Detector, arrays: Arrays, holdout_result: ScoreResult) -> dict[str, Any]:
+    """What inspection batches are compared with (model.drift): the held-out normal scores the
+    threshold was set on and the training images' brightness, sizes and colour modes."""
+    from model import drift
+
+    assert det.threshold is not None
+    samples = [*arrays.fit_samples, *arrays.holdout_samples]
+    det.reference = drift.reference(holdout_result.scores[det.score_method], [drift.image_stats(im) for im in arrays.fit],
+                                    data.image_sizes(samples), data.image_modes(samples), det.threshold)
+    return det.reference
+
+
 def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, score_method: str) -> Evaluation:
     assert det.threshold is not None
     return evaluate(

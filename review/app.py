@@ -60,7 +60,7 @@ def histogram_svg(h: dict, width: int = 640, height: int = 160) -> str:
             + f'<text x="{width - 60}" y="{height + 14}" font-size="11">{hi:.4g}</text></svg>')
 
 
-def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = None, drift: dict | None = None) -> FastAPI:
+def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = None) -> FastAPI:
     results = Results(results_dirs)
     store = LabelStore(db_url)
     csrf = secrets.token_urlsafe(32)
@@ -101,7 +101,7 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
         for label in latest.values():
             reviewed[label] = reviewed.get(label, 0) + 1
         return render(request, "overview.html", counts=results.counts(), total=len(results.frame), models=results.models(),
-                      histogram=histogram_svg(results.histogram()), reviewed=reviewed, folders=results.folders, drift=drift)
+                      histogram=histogram_svg(results.histogram()), reviewed=reviewed, folders=results.folders, drift=results.drift())
 
     @app.get("/parts", response_class=HTMLResponse)
     def parts(request: Request, decision: str = "", state: str = "", sort: str = "score", order: str = "desc", page: int = 1) -> HTMLResponse:

@@ -78,6 +78,22 @@ class Results:
                 "normal": np.histogram(scores[dec != "DEFECT"], edges)[0].tolist(),
                 "defect": np.histogram(scores[dec == "DEFECT"], edges)[0].tolist()}
 
+    def drift(self) -> dict | None:
+        """The latest drift report (drift.json, written by batch inspection) across the folders."""
+        import json
+
+        latest = None
+        for f in self.folders:
+            path = f / "drift.json"
+            try:
+                entries = json.loads(path.read_text()) if path.is_file() else []
+            except (OSError, ValueError):
+                continue
+            for e in entries:
+                if latest is None or e.get("at", "") > latest.get("at", ""):
+                    latest = e
+        return latest
+
     # -- lookup and paging --------------------------------------------------------------------
     def rows_for(self, sha256: str) -> pd.DataFrame:
         return self.frame[self.frame["sha256"] == sha256]

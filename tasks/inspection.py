@@ -23,6 +23,8 @@ from tasks.reporting import artifact_key
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
 
+    from model.drift import DriftLimits, DriftReport
+
 
 DASK_ADDRESS_ENV = "ANOMAFLOW_DASK_ADDRESS"
 
@@ -89,6 +91,8 @@ def dask_task_runner(address: str | None, n_workers: int) -> "DaskTaskRunner":
     that import this module while the cluster starts: torch, MLflow and Prefect take seconds
     to import, which the first shard on each worker would otherwise pay."""
     from prefect_dask import DaskTaskRunner
+
+    from model.drift import DriftLimits, DriftReport
 
     if address:
         return DaskTaskRunner(address=address)
@@ -188,3 +192,46 @@ def publish_inspection(model: ResolvedModel, summary: inspection.InspectionSumma
         f"- results: `{Path(output_dir) / inspection.RESULTS_FILE}`",
     ])
     create_markdown_artifact(md, key=key + "-summary", description="batch inspection summary")
+
+
+DRIFT_FILE = "drift.json"
+
+
+@task(name="check_drift", cache_policy=NO_CACHE)
+def check_drift(model: ResolvedModel, summary: inspection.InspectionSummary, output_dir: Path, threshold: float | None,
+                limits: "DriftLimits | None" = None) -> "DriftReport | None":
+    """Compare this run's scored images with the model's calibration reference (model.drift):
+    appended to OUTPUT/drift.json (what the review app shows), logged to MLflow as drift_* metrics
+    of a run in the `<model>-inspection` experiment, and published as a Prefect artifact."""
+    import json
+
+    from model.drift import DriftLimits, compare
+
+    log = get_run_logger()
+    ref = model.detector.reference
+    if not ref:
+        log.info("no drift report: %s v%s was trained before models carried a calibration reference", model.name, model.version)
+        return None
+    if not summary.scores:
+        return None
+    report = compare(ref, summary.scores, summary.brightness, summary.sizes, summary.modes, model.threshold(threshold), limits or DriftLimits())
+    entry = {"model_name": model.name, "model_version": model.version, "at": inspection.now_iso(), **report.to_dict()}
+    path = output_dir / DRIFT_FILE
+    history = json.loads(path.read_text()) if path.is_file() else []
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps([*history, entry], indent=2))
+    os.replace(tmp, path)
+    (log.warning if report.flagged else log.info)("drift: %s", report.summary)
+    create_markdown_artifact(f"# Drift of this inspection batch\n\n{report.summary}\n\nLimits: {limits or DriftLimits()}",
+                             key=artifact_key("drift", model.name), description="drift against the calibration reference")
+    try:
+        record = tracking.RunRecord(
+            experiment=f"{model.name}-inspection", run_name=f"inspection v{model.version} {entry['at'][:19]}",
+            params={"model_name": model.name, "model_version": model.version, "threshold": model.threshold(threshold)},
+            metrics={**report.metrics(), "images": float(summary.inspected), "defects": float(summary.defect)}, history=[],
+            tags={"anomaflow.drift": report.summary, "anomaflow.model_version": model.version, "anomaflow.output": str(output_dir)},
+            files={"drift": path})
+        tracking.log_run(record, finish=True)
+    except Exception as exc:  # noqa: BLE001 - the report is on disk and in the artifact; tracking is best effort here
+        log.warning("drift metrics not logged to MLflow: %s", exc)
+    return report

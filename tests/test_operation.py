@@ -147,3 +147,30 @@ def test_promotion_gate_both_ways(registered, demo_root, mlflow_server):
     # A bar the challenger cannot meet: rejected even though it is "better".
     barred = scheduled_retraining(ops_config(demo_root, seed=5), tolerance=1.0, min_bars={"pixel_auroc": 1.01})
     assert not barred["promoted"] and "minimum bars" in barred["decision"]["reason"]
+
+
+def test_drift_is_reported_and_a_brightened_batch_is_flagged(registered, demo_root, tmp_path):
+    """A batch like the training data reports no drift; the same parts 60 grey levels brighter are
+    flagged: drift.json says why, the flow run ends in a state named Drift, and the drift_*
+    metrics are in MLflow (the `<model>-inspection` experiment)."""
+    import json
+
+    from prefect.client.orchestration import get_client  # noqa: F401 - the harness API is up
+
+    good = sorted((demo_root / "demo" / "train" / "good").glob("*.png"))
+    same, bright = tmp_path / "same", tmp_path / "bright"
+    for folder, shift in ((same, 0), (bright, 60)):
+        folder.mkdir()
+        for i, p in enumerate(good):
+            img = np.array(Image.open(p).convert("RGB")).astype(np.int16) + shift
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"p{i:03d}.png")
+    quiet = batch_inspection(input_dir=str(same), output_dir=str(tmp_path / "o1"), model_name=NAME)
+    assert quiet["drift_flagged"] is False, quiet["drift"]
+    state = batch_inspection(input_dir=str(bright), output_dir=str(tmp_path / "o2"), model_name=NAME, return_state=True)
+    assert state.name == "Drift" and "brightness moved" in state.message
+    result = state.result()
+    assert result["drift_flagged"] is True
+    report = json.loads((tmp_path / "o2" / "drift.json").read_text())[-1]
+    assert report["flagged"] and report["brightness_shift"] > 2 and report["model_version"] == registered["model_version"]
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(f"{NAME}-inspection").experiment_id])
+    assert any(r.data.metrics.get("drift_flagged") == 1.0 for r in runs)

@@ -145,3 +145,14 @@ def race(store: LabelStore, sha256: str, reviewers: int = 10) -> list[str]:
 
 def test_ten_reviewers_at_once_on_sqlite_one_write_lands(tmp_path):
     assert race(LabelStore(f"sqlite:///{tmp_path / 'l.sqlite'}"), "d" * 64) == ["conflict"] * 9 + ["saved"]
+
+
+def test_the_overview_shows_the_latest_drift_report(folder, tmp_path):
+    import json
+
+    (folder / "drift.json").write_text(json.dumps([
+        {"at": "2026-11-30T10:00:00", "model_name": "m", "model_version": "1", "flagged": False, "summary": "no drift past the limits (old)"},
+        {"at": "2026-12-01T10:00:00", "model_name": "m", "model_version": "2", "flagged": True, "summary": "DRIFT: brightness moved +3.10"},
+    ]))
+    page = _client(folder, tmp_path).get("/").text
+    assert "DRIFT: brightness moved +3.10" in page and "(old)" not in page and 'class="warn"' in page
