@@ -174,6 +174,22 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recalibrate(args: argparse.Namespace) -> int:
+    from flows.recalibration import recalibrate
+
+    r = recalibrate(results_dirs=[str(p) for p in args.results], model_name=args.model, version=args.version, db_url=args.db,
+                    target_recall=args.target_recall, target_fpr=args.target_fpr, apply=args.apply, min_reviewed=args.min_reviewed)
+    f = r["field"]
+    print(f"{args.model} v{r['model_version']} on {r['reviewed_defects']} parts reviewed as defects and {r['reviewed_good']} as good: "
+          f"field precision {f['precision']:.3f}, recall {f['recall']:.3f} at threshold {f['threshold']:.6g}")
+    if r["proposal"]:
+        p = r["proposal"]
+        print(f"proposed threshold {p['threshold']:.6g}: precision {p['precision']:.3f}, recall {p['recall']:.3f}, FPR {p['fpr']:.3f} on the reviewed parts")
+    if "new_version" in r:
+        print(f"registered version {r['new_version']}: " + ("champion now" if r["promoted"] else "not champion") + f" ({r['reason']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--token", default=None, help="required on every request (open the printed link once; a cookie keeps it)")
     p.add_argument("--db", default=None, help="SQLAlchemy URL of the label database (default: sqlite file review.sqlite in the first results folder)")
+    p = sub.add_parser("recalibrate", help="field precision/recall from reviewed labels and a threshold for a target; --apply registers it")
+    p.add_argument("--results", required=True, type=Path, nargs="+", help="inspection output folders that were reviewed")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--version", default=None, help="model version (default: the one most rows were inspected with)")
+    p.add_argument("--db", default=None, help="label database URL (default: review.sqlite in the first results folder)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-recall", type=float, default=None, help="highest threshold that keeps this recall on the reviewed defects")
+    target.add_argument("--target-fpr", type=float, default=None, help="lowest threshold with at most this FPR on the parts reviewed as good")
+    p.add_argument("--apply", action="store_true", help="register the proposal as a new version; champion only if the gate passes")
+    p.add_argument("--min-reviewed", type=int, default=5, help="reviewed defects and good parts needed, each")
     p = sub.add_parser("import-elpv", help="write the ELPV solar-cell images (pip install 'anomaflow[elpv]') as elpv_mono and elpv_poly in the MVTec layout")
     p.add_argument("dest", type=Path, help="data root to write elpv_mono/ and elpv_poly/ under")
     p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split of the defect-free cells into train/good and test/good")
@@ -205,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv, "review": cmd_review}
+    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv, "review": cmd_review,
+                "recalibrate": cmd_recalibrate}
     from model.data import DataError
 
     try:

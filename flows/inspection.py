@@ -63,7 +63,7 @@ def batch_inspection(
                           model.threshold(threshold), batch_size, shard_size)
     else:
         summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size)
-    publish_inspection(model, summary, Path(output_dir), threshold)
+    publish_inspection(model, summary, Path(output_dir), threshold, Path(input_dir))
     drift = check_drift(model, summary, Path(output_dir), threshold, drift_limits)
     result = {"model_version": model.version, **summary.counts(), "inspected": summary.inspected,
               "duplicates": summary.duplicates, "skipped": summary.skipped, "images_per_second": summary.images_per_second,

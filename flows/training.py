@@ -91,6 +91,7 @@ def train_pipeline(
                 "anomaflow.pixel_metrics": (evaluated.evaluation.pixel_note or "all defect types have masks") if evaluated else "no test split",
                 **({"anomaflow.auto_choice": f"{selection.chosen} of {', '.join(r['name'] for r in selection.rows)}"} if selection else {}),
                 **({"anomaflow.warning": warning} if warning else {}),
+                **({"anomaflow.curation": validated.curation} if validated.curation else {}),
                 "prefect.flow_run_id": str(flow_run.id),
             },
             figures={**(evaluated.figures if evaluated else {}), "dataset_samples": validated.sample_grid},

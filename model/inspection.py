@@ -22,6 +22,7 @@ import errno
 import fcntl
 import hashlib
 import io
+import json
 import os
 import stat
 import time
@@ -308,6 +309,20 @@ def defect_figure_paths(output_dir: Path, sha256: str) -> tuple[Path, Path]:
     """Heat map and overlay paths: named by content hash, so they never leave output_dir."""
     d = output_dir / FIGURES_DIR
     return d / f"{sha256[:16]}_heatmap.png", d / f"{sha256[:16]}_overlay.png"
+
+
+INPUTS_FILE = "inputs.json"
+
+
+def record_input(output_dir: Path, input_dir: Path) -> None:
+    """Remember which folder the rows' relative paths are under (curation finds the originals)."""
+    path = output_dir / INPUTS_FILE
+    known = json.loads(path.read_text()) if path.is_file() else []
+    here = str(Path(input_dir).resolve())
+    if here not in known:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps([*known, here], indent=2))
+        os.replace(tmp, path)
 
 
 def view_paths(output_dir: Path, sha256: str) -> tuple[Path, Path]:

@@ -178,7 +178,10 @@ def run_shards(model: ModelRef, input_dir: Path, output_dir: Path, threshold: fl
 
 
 @task(name="publish_inspection", cache_policy=NO_CACHE)
-def publish_inspection(model: ResolvedModel, summary: inspection.InspectionSummary, output_dir: Path, threshold: float | None) -> None:
+def publish_inspection(model: ResolvedModel, summary: inspection.InspectionSummary, output_dir: Path, threshold: float | None,
+                       input_dir: Path | None = None) -> None:
+    if input_dir is not None:  # where the rows' relative paths point (curation of reviewed parts reads the originals)
+        inspection.record_input(output_dir, input_dir)
     rows = [{"decision": k, "count": v} for k, v in summary.counts().items()]
     key = artifact_key("inspection", model.name)
     create_table_artifact(rows, key=key + "-counts", description="images per decision in this run")

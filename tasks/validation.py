@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from model import data, pipeline, plots
 from model.config import TrainConfig
+from model.curation import curation_summary
 
 
 class DatasetInvalid(data.DataError):
@@ -20,6 +21,7 @@ class ValidatedData:
     dataset: data.Dataset
     report: data.ValidationReport
     sample_grid: Path | None
+    curation: str | None = None  # a curated copy (model.curation): what was added and from where
 
 
 @task(name="validate_dataset", cache_policy=NO_CACHE)
@@ -37,4 +39,7 @@ def validate_dataset(config: TrainConfig, workdir: Path) -> ValidatedData:
     grid = plots.save_figure(
         plots.plot_sample_grid(pipeline.sample_groups(ds, config.image_size)), workdir / "dataset_samples.png"
     )
-    return ValidatedData(ds, report, grid)
+    curation = curation_summary(root / category)
+    if curation:
+        log.info("curated dataset: %s", curation)
+    return ValidatedData(ds, report, grid, curation)

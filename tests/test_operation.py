@@ -174,3 +174,76 @@ def test_drift_is_reported_and_a_brightened_batch_is_flagged(registered, demo_ro
     assert report["flagged"] and report["brightness_shift"] > 2 and report["model_version"] == registered["model_version"]
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(f"{NAME}-inspection").experiment_id])
     assert any(r.data.metrics.get("drift_flagged") == 1.0 for r in runs)
+
+
+def test_reviewed_labels_recalibrate_the_threshold_through_the_gate(registered, demo_root, tmp_path):
+    """Inspect the demo test parts, review every verdict by its true label (one reviewer per
+    part, as in the browser), then recalibrate for recall 1.0: field metrics go to MLflow, and the
+    proposal is registered as a new version with the same weights, a new threshold and lineage
+    tags; champion moves only if the gate passes."""
+    from flows.recalibration import recalibrate
+    from review.store import LabelStore
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    truth = {}
+    for p in sorted((demo_root / "demo" / "test").rglob("*.png")):
+        name = f"{p.parent.name}_{p.name}"
+        (inbox / name).write_bytes(p.read_bytes())
+        truth[name] = p.parent.name != "good"
+    out = tmp_path / "out"
+    batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name=NAME)
+    store = LabelStore(f"sqlite:///{out / 'review.sqlite'}")
+    for r in inspection.read_results(out / "results.csv"):
+        defect, flagged = truth[r["path"]], r["decision"] == "DEFECT"
+        label = ("defect" if flagged else "missed") if defect else "good"
+        store.add(r["sha256"], r["model_version"], label, "qa")
+    client = MlflowClient()
+    champion_before = client.get_model_version_by_alias(NAME, "champion").version
+    result = recalibrate(results_dirs=[str(out)], model_name=NAME, target_recall=1.0, apply=True, min_reviewed=3)
+    field, proposal = result["field"], result["proposal"]
+    assert result["reviewed_defects"] == sum(truth.values()) and result["reviewed_good"] == len(truth) - sum(truth.values())
+    assert proposal["recall"] == 1.0 and proposal["threshold"] <= field["threshold"]
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["field_recall"] == pytest.approx(field["recall"]) and "field_precision" in run.data.metrics
+    new = client.get_model_version(NAME, result["new_version"])
+    assert new.tags["anomaflow.recalibrated_from"] == result["model_version"] and "target recall 1.0" in new.tags["anomaflow.threshold_source"]
+    from tasks.tracking import load_registered_detector
+
+    assert load_registered_detector(NAME, result["new_version"]).threshold == pytest.approx(proposal["threshold"])
+    champion_after = client.get_model_version_by_alias(NAME, "champion").version
+    assert champion_after == (result["new_version"] if result["promoted"] else champion_before)
+    assert new.tags["anomaflow.promotion.decision"] == ("promoted" if result["promoted"] else "rejected")
+
+
+def test_retraining_adds_reviewed_false_alarms_to_a_curated_copy(registered, demo_root, tmp_path):
+    """Parts reviewed as good after a DEFECT verdict join train/good of a curated copy with
+    provenance; the challenger trains on it, its fingerprint differs and its run says why. The
+    user's dataset is not touched."""
+    import json
+
+    from review.store import LabelStore
+
+    data_root = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(demo_root, data_root)
+    before = sorted(p.name for p in (data_root / "demo" / "train" / "good").iterdir())
+    inbox = make_inbox(demo_root, tmp_path / "inbox", 12)
+    out = tmp_path / "out"
+    batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name=NAME, threshold=-1.0)  # everything a DEFECT
+    rows = inspection.read_results(out / "results.csv")
+    store = LabelStore(f"sqlite:///{out / 'review.sqlite'}")
+    for r in rows[:3]:
+        store.add(r["sha256"], r["model_version"], "good", "qa", note="false alarm")
+    store.add(rows[3]["sha256"], rows[3]["model_version"], "defect", "qa")
+    result = scheduled_retraining(ops_config(data_root), review_results=[str(out)])
+    curated = tmp_path / "data-curated" / "demo"
+    info = json.loads((curated / "curation.json").read_text())
+    assert sorted(a["sha256"] for a in info["added"]) == sorted(r["sha256"] for r in rows[:3])
+    assert all(a["reviewer"] == "qa" and a["note"] == "false alarm" for a in info["added"])
+    assert len(list((curated / "train" / "good").iterdir())) == len(before) + 3
+    assert sorted(p.name for p in (data_root / "demo" / "train" / "good").iterdir()) == before  # the original is untouched
+    run = MlflowClient().get_run(MlflowClient().get_model_version(NAME, result["challenger_version"]).run_id)
+    assert run.data.tags["anomaflow.curation"].startswith("3 part(s) reviewed as good")
+    assert run.data.tags["anomaflow.data_fingerprint"] != MlflowClient().get_run(registered["mlflow_run_id"]).data.tags["anomaflow.data_fingerprint"]

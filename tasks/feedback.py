@@ -1,0 +1,124 @@
+"""Reviewer labels back into the model: reviewed scores, field metrics, a recalibrated version."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from model import feedback
+from tasks import tracking
+from tasks.reporting import artifact_key
+
+
+def default_db(results_dirs: list[str]) -> str:
+    """The review app's default label database: review.sqlite in the first results folder."""
+    return f"sqlite:///{(Path(results_dirs[0]) / 'review.sqlite').resolve()}"
+
+
+@task(name="load_reviewed", cache_policy=NO_CACHE)
+def load_reviewed(results_dirs: list[str], db_url: str, model_name: str, version: str | None) -> tuple[str, float, feedback.Reviewed]:
+    """(model version, its threshold, the reviewed parts) from inspection folders and the label
+    database. version None: the version most rows in the folders were inspected with."""
+    from review.results import Results
+    from review.store import LabelStore
+
+    results = Results(results_dirs)
+    df = results.frame[(results.frame["model_name"] == model_name) & (results.frame["decision"] != "ERROR")]
+    if df.empty:
+        raise LookupError(f"no rows of model {model_name!r} in {', '.join(results_dirs)}")
+    version = version or str(df["model_version"].value_counts().idxmax())
+    df = df[df["model_version"] == version].drop_duplicates("sha256")
+    if df.empty:
+        raise LookupError(f"no rows of {model_name} version {version} in {', '.join(results_dirs)}")
+    latest = LabelStore(db_url).latest()
+    labels = [latest[(s, version)].label if (s, version) in latest else "" for s in df["sha256"]]
+    reviewed = feedback.reviewed(df["score"].tolist(), labels)
+    get_run_logger().info("%s v%s: %d reviewed parts (%d defects, %d good) of %d inspected", model_name, version,
+                          len(reviewed.scores), reviewed.defects, reviewed.goods, len(df))
+    return version, float(df["threshold"].iloc[-1]), reviewed
+
+
+@task(name="log_field_metrics", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
+def log_field_metrics(model_name: str, version: str, current: dict[str, float], proposal: dict[str, float] | None,
+                      table: list[dict[str, float]], reviewed: feedback.Reviewed) -> str:
+    """Field precision and recall of the version from reviewed labels, and the proposal, as an
+    MLflow run of the `<model>-review` experiment (also tagged on the model version)."""
+    metrics = {f"field_{k}": v for k, v in current.items() if k != "threshold"}
+    metrics.update(reviewed_defects=float(reviewed.defects), reviewed_good=float(reviewed.goods), threshold=current["threshold"])
+    if proposal:
+        metrics.update({f"proposed_{k}": v for k, v in proposal.items()})
+    record = tracking.RunRecord(
+        experiment=f"{model_name}-review", run_name=f"review v{version}", params={"model_name": model_name, "model_version": version},
+        metrics=metrics, history=[], tags={"anomaflow.model_version": version}, tables={"threshold_table": table})
+    run_id = tracking.log_run(record, finish=True)
+    tracking.tag_version(model_name, version, {"anomaflow.field_precision": f"{current['precision']:.4f}",
+                                                "anomaflow.field_recall": f"{current['recall']:.4f}",
+                                                "anomaflow.field_reviewed": f"{reviewed.defects} defects, {reviewed.goods} good"})
+    create_table_artifact([{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in table[:200]],
+                          key=artifact_key("review-thresholds", model_name), description=f"{model_name} v{version}: reviewed parts by threshold")
+    return run_id
+
+
+@task(name="register_recalibrated", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
+def register_recalibrated(model_name: str, version: str, threshold: float, run_id: str, why: str) -> str:
+    """The same weights with a new threshold as a new model version (not champion: a gate decides)."""
+    det = tracking.load_registered_detector(model_name, version)
+    old = det.threshold
+    det.threshold = float(threshold)
+    uri = tracking.log_model(run_id, det)
+    new_version, _ = tracking.register(uri, model_name, run_id, first_champion=False)
+    tracking.finish_run(run_id)
+    tracking.tag_version(model_name, new_version, {"anomaflow.recalibrated_from": version, "anomaflow.threshold_before": f"{old:.8g}",
+                                                    "anomaflow.threshold_source": why})
+    get_run_logger().info("registered %s v%s: v%s's weights with threshold %.6g (was %.6g)", model_name, new_version, version, threshold, old)
+    return new_version
+
+
+@task(name="publish_recalibration", cache_policy=NO_CACHE)
+def publish_recalibration(model_name: str, version: str, current: dict[str, Any], proposal: dict[str, Any] | None, outcome: str) -> None:
+    fmt = lambda d: f"threshold {d['threshold']:.6g}: precision {d['precision']:.3f}, recall {d['recall']:.3f}, FPR {d['fpr']:.3f} (tp {d['tp']}, fp {d['fp']}, fn {d['fn']}, tn {d['tn']})"  # noqa: E731
+    lines = [f"# Recalibration of {model_name} v{version} from reviewed labels", "", f"- now: {fmt(current)}"]
+    if proposal:
+        lines.append(f"- proposed: {fmt(proposal)}")
+    lines.append(f"- {outcome}")
+    create_markdown_artifact("\n".join(lines), key=artifact_key("recalibration", model_name), description="threshold from reviewed labels")
+
+
+@task(name="curate_reviewed_normals", cache_policy=NO_CACHE)
+def curate_reviewed_normals(results_dirs: list[str], db_url: str, model_name: str, data_root: str, category: str,
+                            curated_root: str) -> tuple[str, int]:
+    """(curated data root, parts added): the dataset plus every DEFECT verdict reviewers called
+    good (a false alarm), copied with provenance (model.curation). Originals are found through
+    the folder's inputs.json and must still have the content that was reviewed; others are
+    skipped with a warning."""
+    import json
+
+    from model.curation import Addition, curate
+    from model.inspection import INPUTS_FILE
+    from review.results import Results
+    from review.store import LabelStore
+
+    log = get_run_logger()
+    results = Results(results_dirs)
+    latest = LabelStore(db_url).latest()
+    additions, missing = [], 0
+    df = results.frame[(results.frame["model_name"] == model_name) & (results.frame["decision"] == "DEFECT")].drop_duplicates("sha256")
+    for row in df.itertuples():
+        lab = latest.get((row.sha256, row.model_version))
+        if lab is None or lab.label != "good":
+            continue
+        inputs_file = results.folders[int(row.folder)] / INPUTS_FILE
+        inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else []
+        source = next((Path(d) / row.path for d in inputs if (Path(d) / row.path).is_file()), None)
+        if source is None:
+            missing += 1
+            log.warning("false alarm %s (%s) not added: its original is no longer under %s", row.path, row.sha256[:12], inputs or "an unknown input folder")
+            continue
+        additions.append(Addition(str(source), row.sha256, model_name, str(row.model_version), lab.reviewer,
+                                  lab.created_at.isoformat(timespec="seconds"), lab.note))
+    dest = curate(data_root, category, additions, curated_root)
+    log.info("curated %s: %d reviewed false alarm(s) added to train/good (%d not found)", dest, len(additions), missing)
+    return str(Path(curated_root)), len(additions)
