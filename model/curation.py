@@ -40,7 +40,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def curate(root: str | Path, category: str, additions: list[Addition], dest_root: str | Path) -> Path:
     """dest_root/category = root/category + the additions under train/good; returns the category folder.
-    An addition whose file no longer has its sha256 is refused (the reviewer saw other content)."""
+    An addition whose file no longer has its sha256 is an error (the reviewer saw other content);
+    one whose content is already in the dataset's test split is left out and listed as refused in
+    curation.json: training on it would leak test data into training."""
     src_cat = Path(root) / category
     if not (src_cat / "train" / "good").is_dir():
         raise FileNotFoundError(f"{src_cat}: not an MVTec-layout category (no train/good)")
@@ -49,20 +51,25 @@ def curate(root: str | Path, category: str, additions: list[Addition], dest_root
     final = dest_root / category
     if final.resolve() == src_cat.resolve():
         raise ValueError(f"{final}: the curated folder must differ from the dataset it copies")
+    in_test = {hashlib.sha256(p.read_bytes()).hexdigest(): p.relative_to(src_cat).as_posix()
+               for p in sorted((src_cat / "test").rglob("*")) if p.is_file()} if (src_cat / "test").is_dir() else {}
     tmp = Path(tempfile.mkdtemp(prefix=f".{category}-", dir=dest_root))
     try:
         for path in sorted(src_cat.rglob("*")):
             if path.is_file() and path.name != CURATION_FILE and not path.name.startswith("review_"):
                 _link_or_copy(path, tmp / path.relative_to(src_cat))
-        added = []
+        added, refused = [], []
         for a in sorted(set(additions), key=lambda a: a.sha256):
             data = Path(a.source).read_bytes()
             if hashlib.sha256(data).hexdigest() != a.sha256:
                 raise ValueError(f"{a.source}: content changed since it was reviewed (sha256 differs); not added")
+            if a.sha256 in in_test:
+                refused.append({"reason": f"same content as the test image {in_test[a.sha256]}: would leak test data into training", **asdict(a)})
+                continue
             name = f"review_{a.sha256[:16]}{Path(a.source).suffix.lower()}"
             (tmp / "train" / "good" / name).write_bytes(data)
             added.append({"file": f"train/good/{name}", **asdict(a)})
-        (tmp / CURATION_FILE).write_text(json.dumps({"copied_from": str(src_cat.resolve()), "added": added}, indent=2))
+        (tmp / CURATION_FILE).write_text(json.dumps({"copied_from": str(src_cat.resolve()), "added": added, "refused": refused}, indent=2))
         if final.exists():
             old = final.with_name(f".{category}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -83,6 +90,7 @@ def curation_summary(category_dir: str | Path) -> str | None:
     if not path.is_file():
         return None
     info = json.loads(path.read_text())
-    versions = sorted({f"{a['model_name']} v{a['model_version']}" for a in info["added"]})
-    return (f"{len(info['added'])} part(s) reviewed as good (false alarms of {', '.join(versions) or '-'}) added to train/good; "
+    versions = sorted({f"{a['model_name']} v{a['model_version']}" for a in [*info["added"], *info.get("refused", [])]})
+    refused = f"; {len(info['refused'])} refused (already in the test split)" if info.get("refused") else ""
+    return (f"{len(info['added'])} part(s) reviewed as good (false alarms of {', '.join(versions)}) added to train/good{refused}; "
             f"copy of {info['copied_from']}")

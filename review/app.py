@@ -69,6 +69,8 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
 
     @app.middleware("http")
     async def guard(request: Request, call_next):  # noqa: ANN001, ANN202
+        if request.url.path == "/health":  # for container health checks: says nothing about the data
+            return Response("ok", media_type="text/plain")
         if token is not None:
             given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or \
                 request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -101,7 +103,8 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
         for label in latest.values():
             reviewed[label] = reviewed.get(label, 0) + 1
         return render(request, "overview.html", counts=results.counts(), total=len(results.frame), models=results.models(),
-                      histogram=histogram_svg(results.histogram()), reviewed=reviewed, folders=results.folders, drift=results.drift())
+                      histogram=histogram_svg(results.histogram()), reviewed=reviewed, folders=results.folders, drift=results.drift(),
+                      waiting=results.waiting())
 
     @app.get("/parts", response_class=HTMLResponse)
     def parts(request: Request, decision: str = "", state: str = "", sort: str = "score", order: str = "desc", page: int = 1) -> HTMLResponse:

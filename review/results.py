@@ -31,15 +31,19 @@ class Page:
 class Results:
     def __init__(self, folders: list[str | Path]) -> None:
         self.folders = [Path(f).resolve() for f in folders]
-        for f in self.folders:
-            if not (f / RESULTS_FILE).is_file():
-                raise FileNotFoundError(f"{f}: no {RESULTS_FILE} here; point --results at an `anomaflow inspect` output folder")
+        for f in self.folders:  # an existing folder without results yet is shown empty (inspection may not have run)
+            if not f.is_dir():
+                raise FileNotFoundError(f"{f}: no such folder; point --results at an `anomaflow inspect` output folder")
         self._stamp: tuple = ()
         self.frame = pd.DataFrame()
         self.refresh()
 
     def _stamps(self) -> tuple:
-        return tuple((f / RESULTS_FILE).stat().st_mtime_ns for f in self.folders)
+        return tuple((f / RESULTS_FILE).stat().st_mtime_ns if (f / RESULTS_FILE).is_file() else None for f in self.folders)
+
+    def waiting(self) -> list[Path]:
+        """Folders with no results.csv yet."""
+        return [f for f in self.folders if not (f / RESULTS_FILE).is_file()]
 
     def refresh(self) -> None:
         """Reload when any results.csv changed since the last load."""

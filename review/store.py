@@ -21,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 LABELS = {
     "defect": "defect confirmed",
-    "good": "false alarm (good part)",
+    "good": "good part",
     "missed": "missed defect",
     "unsure": "unsure",
 }

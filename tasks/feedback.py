@@ -120,5 +120,9 @@ def curate_reviewed_normals(results_dirs: list[str], db_url: str, model_name: st
         additions.append(Addition(str(source), row.sha256, model_name, str(row.model_version), lab.reviewer,
                                   lab.created_at.isoformat(timespec="seconds"), lab.note))
     dest = curate(data_root, category, additions, curated_root)
-    log.info("curated %s: %d reviewed false alarm(s) added to train/good (%d not found)", dest, len(additions), missing)
-    return str(Path(curated_root)), len(additions)
+    info = json.loads((dest / "curation.json").read_text())
+    for r in info["refused"]:
+        log.warning("false alarm %s not added: %s", r["source"], r["reason"])
+    log.info("curated %s: %d reviewed false alarm(s) added to train/good (%d refused, %d not found)", dest, len(info["added"]),
+             len(info["refused"]), missing)
+    return str(Path(curated_root)), len(info["added"])

@@ -273,3 +273,12 @@ def test_target_recall_sets_the_threshold_on_synthetic_defects_and_says_it_is_an
     assert m["syn_recall_estimate"] >= 0.95
     assert json.loads((out / "config.json").read_text())["threshold_method"] == "recall"
     assert "target recall 0.95 on synthetic defects" in capsys.readouterr().out
+
+
+def test_backbone_and_layers_flags_reach_the_patchcore_config():
+    from flows.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "patchcore",
+                                                      "--backbone", "efficientnet_lite2", "--layers", "stage2", "stage3"]))
+    assert cfg.patchcore.backbone == "efficientnet_lite2" and cfg.patchcore.layers == ["stage2", "stage3"]
+    assert config_from_args(build_parser().parse_args(["train", "--output", "o"])).patchcore.backbone == "efficientnet_lite0"

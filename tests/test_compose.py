@@ -17,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-LONG_RUNNING = {"postgres", "minio", "mlflow", "prefect-server", "prefect-worker", "dask-scheduler", "dask-worker"}
+LONG_RUNNING = {"postgres", "minio", "mlflow", "prefect-server", "prefect-worker", "dask-scheduler", "dask-worker", "review"}
 
 
 def env_example() -> dict[str, str]:
@@ -217,7 +217,7 @@ def test_dockerfile_pins_match_pyproject_and_runs_as_non_root():
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     copied = {src for line in re.findall(r"^COPY\s+(.+)$", text, re.M) for src in line.split()[:-1]}
-    assert copied <= {"pyproject.toml", "README.md", "prefect.yaml", "model", "tasks", "flows"}, f"unexpected COPY {copied}"
+    assert copied <= {"pyproject.toml", "README.md", "prefect.yaml", "model", "tasks", "flows", "review"}, f"unexpected COPY {copied}"
     assert re.search(r'pip install "\.\[service\]"', text)
     service = " ".join(pyproject["project"]["optional-dependencies"]["service"])
     assert "psycopg" in service and "boto3" in service  # postgresql:// store and s3:// artifacts

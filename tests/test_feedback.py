@@ -57,3 +57,9 @@ def test_curation_copies_the_dataset_adds_with_provenance_and_refuses_changed_co
     with pytest.raises(ValueError, match="content changed since it was reviewed"):
         curate(tmp_path / "data", "cat", [add], tmp_path / "curated")
     assert (dest / "train" / "good" / f"review_{sha[:16]}.png").is_file()  # the earlier copy is intact
+    part.write_bytes(b"b")  # a reviewed part that is a test image of the dataset
+    leak = Addition(str(part), hashlib.sha256(b"b").hexdigest(), "m", "3", "ann", "2026-12-01T11:00:00")
+    dest = curate(tmp_path / "data", "cat", [leak], tmp_path / "curated")
+    info = json.loads((dest / "curation.json").read_text())
+    assert info["added"] == [] and "test image test/good/000.png" in info["refused"][0]["reason"]
+    assert "1 refused (already in the test split)" in curation_summary(dest)

@@ -114,9 +114,16 @@ def test_review_refuses_another_address_without_a_token(folder, capsys):
     assert "give --token" in capsys.readouterr().err
 
 
-def test_a_folder_without_results_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no results.csv here"):
-        create_app([tmp_path], f"sqlite:///{tmp_path / 'l.sqlite'}")
+def test_a_missing_folder_is_a_clear_error_and_an_empty_one_waits_for_results(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        create_app([tmp_path / "typo"], f"sqlite:///{tmp_path / 'l.sqlite'}")
+    empty = tmp_path / "not-yet"
+    empty.mkdir()
+    client = TestClient(create_app([empty], f"sqlite:///{tmp_path / 'l.sqlite'}"))
+    assert "no results.csv in" in client.get("/").text and "0 parts" in client.get("/parts").text
+    make_inspection_folder(empty, n=10)  # the inspection runs: the next request shows it
+    assert "10 parts" in client.get("/parts").text
+    assert client.get("/health").text == "ok"
 
 
 def race(store: LabelStore, sha256: str, reviewers: int = 10) -> list[str]:
