@@ -237,7 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_temporary_prefect() -> None:
+    """With no PREFECT_API_URL, Prefect starts a temporary local server for the run. Its
+    telemetry service phones home (an ERROR with a traceback when offline, and sometimes
+    'database is locked' on its SQLite file): switch it off for that server only. A user's own
+    API URL or analytics setting is left alone."""
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_temporary_prefect()
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv, "review": cmd_review,
                 "recalibrate": cmd_recalibrate}

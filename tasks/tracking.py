@@ -262,7 +262,9 @@ class AnomaflowModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.detector = load_detector(context.artifacts["detector"])
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
+    # model_input: pd.DataFrame is a hint MLflow infers no schema from (the signature is explicit,
+    # SIGNATURE); without any hint MLflow warns on every run that there is none.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         images, valid = _decode_input(model_input, self.detector)
         result = self.detector.score(images, valid)
         scores = result.scores[self.detector.score_method]
