@@ -76,3 +76,42 @@ def test_model_by_alias_reproduces_flow_scores(two_runs, mlflow_server, demo_roo
     assert (out["threshold"] == first["threshold"]).all()
     with_maps = model.predict(pd.DataFrame({"path": paths[:2]}), params={"return_maps": True})
     assert np.asarray(with_maps["anomaly_map"].iloc[0]).shape == (64, 64)
+
+
+def test_rest_serving_of_the_champion_answers_for_a_good_and_a_defective_image(two_runs, mlflow_server, demo_root, tmp_path):
+    """The README's serving command, for real: `mlflow models serve` on 127.0.0.1 (the venv's bin
+    on PATH, as it runs uvicorn by name), then /invocations with base64 PNGs in dataframe_split."""
+    import base64
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from tests.conftest import free_port, wait_http
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": mlflow_server}
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
+                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout=180)
+        good = sorted((demo_root / "demo" / "test" / "good").glob("*.png"))[0]
+        bad = sorted((demo_root / "demo" / "test" / "blob").glob("*.png"))[0]
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(p.read_bytes()).decode()] for p in (good, bad)]}}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            out = json.loads(r.read())["predictions"]
+        print("served:", out)
+        assert [set(p) >= {"score", "decision", "threshold"} for p in out] == [True, True]
+        assert {p["decision"] for p in out} <= {"NORMAL", "DEFECT"}
+        local = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(pd.DataFrame({"image": [p.read_bytes() for p in (good, bad)]}))
+        assert [p["score"] for p in out] == pytest.approx(local["score"].tolist(), rel=1e-6)  # what the model computes in-process
+        assert [p["decision"] for p in out] == local["decision"].tolist()
+        first, _ = two_runs
+        assert out[0]["threshold"] == pytest.approx(first["threshold"])  # the champion (version 1) answered
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
