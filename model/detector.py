@@ -142,36 +142,3 @@ class Detector(ABC):
             json.dump(self.metadata(), fh, indent=2)
         os.replace(tmp, directory / METADATA_FILE)
         return directory
-
-
-def _families() -> dict[str, type[Detector]]:
-    from model.autoencoder import AutoencoderDetector
-    from model.patchcore import PatchCoreDetector
-
-    return {AutoencoderDetector.family: AutoencoderDetector, PatchCoreDetector.family: PatchCoreDetector}
-
-
-def load_detector(directory: str | Path) -> Detector:
-    """Load any saved detector; weights are read with torch.load(weights_only=True)."""
-    directory = Path(directory)
-    meta_path = directory / METADATA_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: not a saved anomaflow detector (no {METADATA_FILE})")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
-    families = _families()
-    family = meta.get("family")
-    if family not in families:
-        raise ValueError(f"{meta_path}: unknown detector family {family!r}; known: {sorted(families)}")
-    det = families[family].from_config(meta["config"])
-    det.score_method = meta["score_method"]
-    det.score_sigma = meta["score_sigma"]
-    det.threshold = meta["threshold"]
-    det.pixel_threshold = meta["pixel_threshold"]
-    det.reference = meta.get("reference")  # absent in models saved before drift reports
-    # Saved before frames existed: a square frame, and images were squashed into it.
-    det.frame = tuple(meta.get("frame") or (det.image_size, det.image_size))  # type: ignore[assignment]
-    det.keep_aspect = bool(meta.get("keep_aspect", False))
-    det._load_weights(directory)
-    return det

@@ -20,10 +20,10 @@ import torch
 
 from model import calibration, data, plots
 from model.frame import Frame, model_frame
-from model.autoencoder import AutoencoderDetector
 from model.config import TrainConfig
 from model.demo import make_demo_dataset
 from model.detector import Detector, ScoreResult
+from model.registry import build_detector
 from model.evaluation import Evaluation, evaluate
 
 DEMO_CATEGORY = "demo"
@@ -127,20 +127,6 @@ def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None
         f"promotion gate only) in a {frame[0]}x{frame[1]} frame (HxW"
         + (f"; aspect ratio kept, {padded} padded" if config.keep_aspect else "; squashed") + f") in {time.perf_counter() - t0:.1f}s")
     return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test), gate, hold_valid, test_valid)
-
-
-def build_detector(config: TrainConfig) -> Detector:
-    det: Detector
-    if config.detector == "autoencoder":
-        det = AutoencoderDetector(config.autoencoder, score_method=config.score_method, seed=config.seed)
-    elif config.detector == "patchcore":
-        from model.patchcore import PatchCoreDetector
-
-        det = PatchCoreDetector(config.patchcore, score_method=config.score_method, seed=config.seed)
-    else:
-        raise ValueError(f"unknown detector {config.detector!r}")
-    det.keep_aspect = config.keep_aspect  # saved with the model: inspection prepares images the same way
-    return det
 
 
 def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Detector, list[dict[str, Any]], float]:

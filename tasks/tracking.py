@@ -36,7 +36,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from model import data
-from model.detector import Detector, load_detector
+from model.detector import Detector
+from model.registry import load_detector
 from model.frame import valid_mask
 
 CHAMPION, CHALLENGER = "champion", "challenger"

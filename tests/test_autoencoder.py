@@ -6,7 +6,7 @@ import torch
 
 from model.autoencoder import AutoencoderDetector, ConvAutoencoder
 from model.config import AutoencoderConfig
-from model.detector import load_detector
+from model.registry import load_detector
 
 
 def _images(n, size, seed=0):

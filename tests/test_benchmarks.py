@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from model.detector import load_detector
+from model.registry import load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -179,7 +179,7 @@ def test_ten_grayscale_jpegs_of_mixed_sizes_train_and_evaluate(tmp_path):
 
     import hashlib
 
-    from model.detector import load_detector
+    from model.registry import load_detector
     from model.inspection import RowBuffer, defect_figure_paths, inspect_files
 
     det = load_detector(out / "model")

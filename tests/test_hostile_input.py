@@ -437,7 +437,7 @@ def test_unreadable_file_gets_an_error_row(tmp_path: Path, detector: Autoencoder
         import json
         from pathlib import Path
         from model import inspection
-        from model.detector import load_detector
+        from model.registry import load_detector
         det = load_detector({str(model_dir)!r})
         inbox, out = Path({str(inbox)!r}), Path({str(out)!r})
         runs = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.config import PatchCoreConfig, TrainConfig
-from model.detector import load_detector
+from model.registry import load_detector
 from model.patchcore import (
     PatchCoreDetector,
     aggregate,

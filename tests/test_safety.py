@@ -28,7 +28,7 @@ from model import inspection
 from model.autoencoder import AutoencoderDetector
 from model.config import AutoencoderConfig
 from model.data import ImageCache, load_images, scan_mvtec
-from model.detector import load_detector
+from model.registry import load_detector
 from tasks import tracking
 
 SIZE = 64
@@ -272,9 +272,9 @@ def test_outputs_stay_in_the_output_folder(detector: AutoencoderDetector, demo_r
     assert sorted(r["path"] for r in rows) == sorted(visible)
     assert tree(tmp_path) - tree(out) == outside_before | {out}  # nothing new outside out/
     created = {p.relative_to(out).as_posix() for p in tree(out) if p.is_file()}
-    figure = re.compile(r"^defects/[0-9a-f]{16}_(heatmap|overlay)\.png$")
+    figure = re.compile(r"^(defects/[0-9a-f]{16}_(heatmap|overlay)\.png|views/[0-9a-f]{16}(_overlay)?\.jpg)$")
     assert {p for p in created if not figure.match(p)} == {"results.csv", ".inspection.lock"}
-    assert len(created) == 2 + 2 * len({r["sha256"] for r in rows})
+    assert len(created) == 2 + 4 * len({r["sha256"] for r in rows})  # figures and review copies, named by content
     assert not Path("PWNED").exists() and not (tmp_path / "PWNED").exists()
 
 

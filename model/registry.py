@@ -1,0 +1,55 @@
+"""Which detector families exist, and the two ways to get a detector: build one from a run config,
+load a saved one. The interface (model.detector) knows no implementation and each family imports
+only the interface; this module is the one place that imports them all, so there is no cycle.
+A new family registers here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model.config import TrainConfig
+from model.detector import FORMAT_VERSION, METADATA_FILE, Detector
+
+
+def families() -> dict[str, type[Detector]]:
+    """Family name -> class (imported on first use: PatchCore pulls in the backbone code)."""
+    from model.autoencoder import AutoencoderDetector
+    from model.patchcore import PatchCoreDetector
+
+    return {AutoencoderDetector.family: AutoencoderDetector, PatchCoreDetector.family: PatchCoreDetector}
+
+
+def build_detector(config: TrainConfig) -> Detector:
+    """An unfitted detector of the config's family with its settings."""
+    known = families()
+    if config.detector not in known:
+        raise ValueError(f"unknown detector {config.detector!r}; expected one of {sorted(known)}")
+    det = known[config.detector](getattr(config, config.detector), score_method=config.score_method, seed=config.seed)
+    det.keep_aspect = config.keep_aspect  # saved with the model: inspection prepares images the same way
+    return det
+
+
+def load_detector(directory: str | Path) -> Detector:
+    """Load any saved detector; weights are read with torch.load(weights_only=True)."""
+    directory = Path(directory)
+    meta_path = directory / METADATA_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not a saved anomaflow detector (no {METADATA_FILE})")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
+    known = families()
+    family = meta.get("family")
+    if family not in known:
+        raise ValueError(f"{meta_path}: unknown detector family {family!r}; known: {sorted(known)}")
+    det = known[family].from_config(meta["config"])
+    det.score_method = meta["score_method"]
+    det.score_sigma = meta["score_sigma"]
+    det.threshold = meta["threshold"]
+    det.pixel_threshold = meta["pixel_threshold"]
+    det.reference = meta.get("reference")  # absent in models saved before drift reports
+    # Saved before frames existed: a square frame, and images were squashed into it.
+    det.frame = tuple(meta.get("frame") or (det.image_size, det.image_size))  # type: ignore[assignment]
+    det.keep_aspect = bool(meta.get("keep_aspect", False))
+    det._load_weights(directory)
+    return det
