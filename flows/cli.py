@@ -53,6 +53,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", default=None, help="disk cache for decoded images (speeds up reruns)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: anomaflow-CATEGORY)")
+    p.add_argument("--run-name", default=None, help="MLflow run name (default: CATEGORY-DETECTOR-seedSEED)")
     p.add_argument("--model-name", default=None, help="registered model name (default: anomaflow-CATEGORY)")
     p.add_argument("--no-register", action="store_true", help="log the MLflow run but register no model version")
 
@@ -84,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         num_threads=args.threads,
         cache_dir=args.cache_dir,
         experiment_name=args.experiment,
+        run_name=args.run_name,
         registered_model_name=args.model_name,
         **overrides,
     )

@@ -138,6 +138,7 @@ class TrainConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1, description="torch threads; None = all cores")
     cache_dir: str | None = Field(None, description="disk cache of decoded, resized images")
     experiment_name: str | None = Field(None, description="MLflow experiment; None = anomaflow-<category>")
+    run_name: str | None = Field(None, description="MLflow run name; None = <category>-<detector>-seed<seed>")
     registered_model_name: str | None = Field(None, description="None = anomaflow-<category>")
 
     @field_validator("threshold_method", mode="before")
@@ -163,6 +164,11 @@ class TrainConfig(BaseModel):
     def image_size(self) -> int:
         """Short side of the selected detector family's input frame (see model.frame)."""
         return self.patchcore.image_size if self.detector == "auto" else getattr(self, self.detector).image_size
+
+    @property
+    def mlflow_run_name(self) -> str:
+        """Tells runs apart in the MLflow runs table: category, family and seed unless set."""
+        return self.run_name or f"{self.category}-{self.detector}-seed{self.seed}"
 
     @property
     def model_name(self) -> str:

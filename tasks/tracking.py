@@ -113,19 +113,27 @@ def _is_local_sqlite(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 
 
+# MLflow 3's UI opens an experiment in its GenAI view (traces) unless told it holds model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(name: str) -> str:
-    """Experiment id for name, created on first use (local SQLite: artifacts beside the db)."""
+    """Experiment id for name, created on first use (local SQLite: artifacts beside the db),
+    tagged so the UI opens it on its runs (Model training), not on traces."""
     uri = configure()
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if not all(exp.tags.get(k) for k in EXPERIMENT_KIND):  # made before the tag, or by hand
+            for k, v in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     location = None
     if _is_local_sqlite(uri):
         db = Path(uri[len("sqlite:///"):])
         location = (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:
         # Created concurrently by another run: use that one.
         exp = client.get_experiment_by_name(name)
@@ -186,26 +194,62 @@ class RunRecord:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def log_run(record: RunRecord, finish: bool = False) -> str:
-    """Create one MLflow run with params, per-epoch and final metrics, figures, tables,
-    checkpoints and tags; returns the run id. A failure marks the run FAILED."""
-    exp_id = ensure_experiment(record.experiment)
+def start_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any] | None = None) -> str:
+    """Open the run when the work starts, so the UI shows it RUNNING, with live metrics and a true
+    duration; log_run fills it at the end and the flow finishes it (or marks it FAILED)."""
     client = MlflowClient()
-    run = client.create_run(exp_id, run_name=record.run_name, tags=record.tags)
-    run_id = run.info.run_id
+    run_id = client.create_run(ensure_experiment(experiment), run_name=run_name, tags=tags).info.run_id
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, "None" if value is None else value)
+    return run_id
+
+
+def epoch_metrics(rec: dict[str, Any]) -> list[Metric]:
+    """The per-epoch metrics of one history record (train_loss, val_loss, epoch_seconds) at its epoch."""
+    ts = int(rec.get("timestamp_ms") or time.time() * 1000)
+    step = int(rec.get("epoch", 0))
+    return [Metric({"seconds": "epoch_seconds"}.get(k, k), float(rec[k]), ts, step) for k in ("train_loss", "val_loss", "seconds")
+            if rec.get(k) is not None]
+
+
+def log_epoch(run_id: str, rec: dict[str, Any]) -> None:
+    """One epoch's metrics as it ends (the curves grow in the UI while training runs)."""
+    metrics = epoch_metrics(rec)
+    if metrics:
+        MlflowClient().log_batch(run_id, metrics=metrics)
+
+
+def log_dataset(run_id: str, name: str, digest: str, source: Path) -> None:
+    """The training data as an MLflow dataset input (name, digest = the data fingerprint, source):
+    fills the runs table's Dataset column and the lineage."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = MetaDataset(resolve_dataset_source(str(source)), name=name, digest=digest[:36])
+    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
+
+
+def log_run(record: RunRecord, finish: bool = False, run_id: str | None = None) -> str:
+    """Log params, per-epoch and final metrics, figures, tables, checkpoints and tags into
+    `run_id` (opened by start_run) or a new run; returns the run id. record.history holds the
+    epochs not logged live. A failure marks the run FAILED."""
+    client = MlflowClient()
+    live = run_id is not None
+    if run_id is None:
+        run_id = client.create_run(ensure_experiment(record.experiment), run_name=record.run_name, tags=record.tags).info.run_id
     try:
+        logged = client.get_run(run_id).data.params if live else {}
         for key, value in record.params.items():
-            client.log_param(run_id, key, "None" if value is None else value)
-        epoch_metrics = []
-        for rec in record.history:
-            ts = int(rec.get("timestamp_ms") or time.time() * 1000)
-            step = int(rec.get("epoch", 0))
-            for key in ("train_loss", "val_loss", "seconds"):
-                if rec.get(key) is not None:
-                    name = {"seconds": "epoch_seconds"}.get(key, key)
-                    epoch_metrics.append(Metric(name, float(rec[key]), ts, step))
-        for i in range(0, len(epoch_metrics), 500):
-            client.log_batch(run_id, metrics=epoch_metrics[i : i + 500])
+            if key not in logged:  # params are immutable: the ones logged at the start stay
+                client.log_param(run_id, key, "None" if value is None else value)
+        for key, value in record.tags.items() if live else ():
+            client.set_tag(run_id, key, value)
+        history = [m for rec in record.history for m in epoch_metrics(rec)]  # the epochs not logged live
+        for i in range(0, len(history), 500):
+            client.log_batch(run_id, metrics=history[i : i + 500])
         now = int(time.time() * 1000)
         finals = [Metric(k, float(v), now, 0) for k, v in record.metrics.items() if _finite(v)]
         for i in range(0, len(finals), 500):
@@ -422,11 +466,22 @@ class Registration:
 
 
 @task(name="log_run", cache_policy=NO_CACHE, **TRACKING_RETRIES)
-def log_run_task(record: RunRecord, finish: bool = False) -> str:
+def log_run_task(record: RunRecord, finish: bool = False, run_id: str | None = None) -> str:
     """Log the run; finish=False leaves it RUNNING until the model is registered."""
     with unreachable_as_error("logging the training run"):
-        run_id = log_run(record, finish)
+        run_id = log_run(record, finish, run_id)
     get_run_logger().info("MLflow run %s in experiment %s (%s)", run_id, record.experiment, mlflow.get_tracking_uri())
+    return run_id
+
+
+@task(name="start_run", cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def start_run_task(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any], dataset: tuple[str, str, Path]) -> str:
+    """Open the training run (RUNNING) with its params and its dataset input."""
+    configure()
+    with unreachable_as_error("opening the training run"):
+        run_id = start_run(experiment, run_name, tags, params)
+        log_dataset(run_id, *dataset)
+    get_run_logger().info("MLflow run %s (%s) is open in experiment %s", run_name, run_id, experiment)
     return run_id
 
 

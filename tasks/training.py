@@ -1,7 +1,7 @@
 """Load images once and train the detector on good images only."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -11,6 +11,7 @@ from model import data, pipeline
 from model.config import TrainConfig
 from model.detector import Detector
 from model.selection import Selection, SyntheticCheck, near_chance_warning, select, synthetic_check
+from tasks import tracking
 
 
 @dataclass
@@ -18,6 +19,10 @@ class TrainedModel:
     detector: Detector
     history: list[dict[str, Any]]
     train_seconds: float
+    logged_epochs: set[int] = field(default_factory=set)  # epochs already in the MLflow run (live)
+
+    def unlogged_history(self) -> list[dict[str, Any]]:
+        return [r for r in self.history if int(r.get("epoch", 0)) not in self.logged_epochs]
 
 
 @task(name="load_images", cache_policy=NO_CACHE)
@@ -27,8 +32,11 @@ def load_images(dataset: data.Dataset, config: TrainConfig) -> pipeline.Arrays:
 
 
 @task(name="train_model", cache_policy=NO_CACHE)
-def train_model(config: TrainConfig, arrays: pipeline.Arrays) -> TrainedModel:
+def train_model(config: TrainConfig, arrays: pipeline.Arrays, run_id: str | None = None) -> TrainedModel:
+    """Fit; with run_id each epoch's metrics go to that MLflow run as the epoch ends (best effort:
+    an epoch the server missed is logged with the rest at the end)."""
     log = get_run_logger()
+    logged: set[int] = set()
     threads = pipeline.configure_threads(config.num_threads)
     log.info("training %s on %d good images (%d held out), %d torch threads", config.detector, len(arrays.fit), len(arrays.holdout), threads)
 
@@ -38,10 +46,16 @@ def train_model(config: TrainConfig, arrays: pipeline.Arrays) -> TrainedModel:
             return
         val = f" val_loss={rec['val_loss']:.5f}" if rec.get("val_loss") is not None else ""
         log.info("epoch %d/%d loss=%.5f%s (%.1fs)", rec["epoch"], rec["epochs"], rec["train_loss"], val, rec["seconds"])
+        if run_id is not None:
+            try:
+                tracking.log_epoch(run_id, rec)
+                logged.add(int(rec["epoch"]))
+            except Exception as exc:  # noqa: BLE001 - training goes on; the epoch is logged at the end
+                log.warning("epoch %d not logged live to MLflow (%s); it is logged at the end", rec["epoch"], exc)
 
     det, history, seconds = pipeline.fit_detector(config, arrays, progress=progress)
     log.info("trained in %.1fs", seconds)
-    return TrainedModel(det, history, seconds)
+    return TrainedModel(det, history, seconds, logged)
 
 
 @task(name="choose_detector", cache_policy=NO_CACHE)

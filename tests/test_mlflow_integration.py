@@ -115,3 +115,37 @@ def test_rest_serving_of_the_champion_answers_for_a_good_and_a_defective_image(t
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_runs_are_named_last_as_long_as_training_and_carry_their_dataset(two_runs, mlflow_server, demo_root):
+    """Run names tell runs apart (category, family, seed); the run is opened before training, so
+    its duration covers the training; the data is an MLflow dataset input (name, digest = the
+    data fingerprint, source); the epoch curve was logged while training ran."""
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("anomaflow-demo")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it on its runs
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    first, second = two_runs
+    assert {"demo-autoencoder-seed0", "demo-autoencoder-seed1"} <= set(runs)
+    for metrics, name in ((first, "demo-autoencoder-seed0"), (second, "demo-autoencoder-seed1")):
+        run = runs[name]
+        assert run.info.run_id == metrics["mlflow_run_id"] and run.info.status == "FINISHED"
+        assert (run.info.end_time - run.info.start_time) / 1000 >= metrics["train_seconds"]
+        (inp,) = run.inputs.dataset_inputs
+        assert inp.dataset.name == "demo" and run.data.tags["anomaflow.data_fingerprint"].startswith(inp.dataset.digest)
+        assert json.loads(inp.dataset.source)["uri"].endswith("demo") and inp.tags[0].value == "training"
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert min(m.timestamp for m in history) < run.info.end_time - 1000 * (metrics["train_seconds"] > 1)  # logged as it trained
+
+
+def test_a_failed_training_leaves_a_failed_run(mlflow_server, demo_root, tmp_path):
+    from model.config import PatchCoreConfig, TrainConfig
+
+    config = TrainConfig(data_root=str(demo_root), category="demo", detector="patchcore", run_name="meant-to-fail",
+                         patchcore=PatchCoreConfig(image_size=64, weights_path=str(tmp_path / "missing.pth")), registered_model_name=NAME)
+    with pytest.raises(Exception, match="missing.pth"):
+        train_pipeline(config, register_model=False)
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("anomaflow-demo").experiment_id], "attributes.run_name = 'meant-to-fail'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.params["patchcore.weights_path"].endswith("missing.pth") and runs[0].inputs.dataset_inputs
