@@ -171,7 +171,8 @@ def test_drift_is_reported_and_a_brightened_batch_is_flagged(registered, demo_ro
     result = state.result()
     assert result["drift_flagged"] is True
     report = json.loads((tmp_path / "o2" / "drift.json").read_text())[-1]
-    assert report["flagged"] and report["brightness_shift"] > 2 and report["model_version"] == registered["model_version"]
+    champion = MlflowClient().get_model_version_by_alias(NAME, "champion").version  # earlier tests may have promoted
+    assert report["flagged"] and report["brightness_shift"] > 2 and report["model_version"] == champion
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(f"{NAME}-inspection").experiment_id])
     assert any(r.data.metrics.get("drift_flagged") == 1.0 for r in runs)
 
@@ -205,7 +206,8 @@ def test_reviewed_labels_recalibrate_the_threshold_through_the_gate(registered, 
     assert result["reviewed_defects"] == sum(truth.values()) and result["reviewed_good"] == len(truth) - sum(truth.values())
     assert proposal["recall"] == 1.0 and proposal["threshold"] <= field["threshold"]
     run = client.get_run(result["mlflow_run_id"])
-    assert run.data.metrics["field_recall"] == pytest.approx(field["recall"]) and "field_precision" in run.data.metrics
+    assert run.data.metrics["field_recall"] == pytest.approx(field["recall"])
+    assert ("field_precision" in run.data.metrics) == (field["tp"] + field["fp"] > 0)  # NaN (nothing flagged) is not logged
     new = client.get_model_version(NAME, result["new_version"])
     assert new.tags["anomaflow.recalibrated_from"] == result["model_version"] and "target recall 1.0" in new.tags["anomaflow.threshold_source"]
     from tasks.tracking import load_registered_detector
