@@ -302,8 +302,10 @@ def test_pixel_limit_checked_before_decoding(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(DataError, match="image too large: 64x64"):
         open_image(cut, max_pixels=100)
 
-    # The module default is read at call time, so it governs load_image and the cache too.
-    monkeypatch.setattr(D, "MAX_PIXELS", 100)
+    # The default (model.samples.MAX_PIXELS) is read at call time, so it governs load_image and the cache too.
+    import model.samples
+
+    monkeypatch.setattr(model.samples, "MAX_PIXELS", 100)
     with pytest.raises(DataError, match="exceeds 100 pixels"):
         load_image(path)
     with pytest.raises(DataError, match="exceeds 100 pixels"):
