@@ -34,6 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from model.data import IMAGE_EXTENSIONS, display_path
+from model.drift import image_stats
 from model.frame import Box, display_size, to_image_frame, valid_mask
 
 RESULTS_FILE = "results.csv"
@@ -544,9 +545,9 @@ def score_items(
         result = detector.score(batch, valid_mask(boxes, detector.frame))
         scores = result.scores[detector.score_method]
         for i, (item, s, d) in enumerate(zip(keep, scores, decide(scores, threshold))):
+            b = boxes[i]
+            crop = np.ascontiguousarray(batch[i][b.top : b.top + b.height, b.left : b.left + b.width])  # the image's own pixels
             if write_figures:  # review copies of every part: a missed defect is reviewed on a NORMAL row
-                b = boxes[i]
-                crop = np.ascontiguousarray(batch[i][b.top : b.top + b.height, b.left : b.left + b.width])
                 heat = result.maps[i][b.top : b.top + b.height, b.left : b.left + b.width]
                 view, view_overlay = view_paths(figures_dir, item.sha256)
                 save_png_atomic(crop, view)
@@ -558,16 +559,9 @@ def score_items(
                 save_png_atomic(heatmap_rgb(m, scale), heat_path)
                 save_png_atomic(overlay_rgb(picture, m, scale), over_path)
             row = make_row(item, float(s), str(d))
-            row.stats = (image_brightness(batch[i], boxes[i]), int(sizes[i][0]), int(sizes[i][1]), image_mode(item))
+            row.stats = (image_stats(crop), int(sizes[i][0]), int(sizes[i][1]), image_mode(item))
             rows.append(row)
     return rows
-
-
-def image_brightness(framed: np.ndarray, box: Box) -> float:
-    """Mean brightness of the image's own part of the frame (model.drift.image_stats)."""
-    from model.drift import image_stats
-
-    return image_stats(framed[box.top : box.top + box.height, box.left : box.left + box.width])
 
 
 def image_mode(item: Item) -> str:
