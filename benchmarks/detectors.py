@@ -66,7 +66,7 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
         from model.selection import select
 
         t0 = time.perf_counter()
-        selection = select(cfg, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.build_detector, cfg.auto_budget_seconds,
+        selection = select(cfg, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), cfg.auto_budget_seconds,
                            log=lambda m: print(f"[auto] {m}", flush=True))
         det, history, fit_s = selection.detector, selection.history, time.perf_counter() - t0
         cfg = selection.config
@@ -80,8 +80,10 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     # Throughput including PNG decode + resize from disk, no cache.
     paths = [s.path for s in ds.test]
     bs = args.batch_size
+    prep = det.preprocessing
+
     def load(p: Path) -> np.ndarray:
-        return data.load_image(p, det.frame, keep_aspect=det.keep_aspect)
+        return prep.image(p).array
 
     det.anomaly_maps(np.stack([load(p) for p in paths[:bs]]))  # warm-up
     passes, loads, model_only = [], [], []

@@ -73,12 +73,10 @@ def prepare(args: argparse.Namespace, work: Path, model_name: str):
 
 def bare_loop(det, files: list[Path], batch_size: int) -> float:
     from model.calibration import decide
-    from model.data import load_image
-
     t0 = time.perf_counter()
     for i in range(0, len(files), batch_size):
-        batch = np.stack([load_image(f, det.frame, data=f.read_bytes(), keep_aspect=det.keep_aspect) for f in files[i : i + batch_size]])
-        scores = det.score(batch).scores[det.score_method]
+        batch = det.preprocessing.batch([(f, f.read_bytes()) for f in files[i : i + batch_size]])
+        scores = det.score_batch(batch).scores[det.score_method]
         decide(scores, det.threshold)
     return time.perf_counter() - t0
 

@@ -46,8 +46,7 @@ def run_seed(cfg: TrainConfig, ds, train_limit: int | None, kmeans: bool = True)
     fit = arrays.fit
     if train_limit is not None and train_limit < len(fit):
         fit = fit[np.sort(np.random.default_rng(cfg.seed).permutation(len(fit))[:train_limit])]
-    det = pipeline.build_detector(cfg)
-    det.frame = arrays.frame
+    det = pipeline.builder(arrays)(cfg)
     t0 = time.perf_counter()
     patches = det.features(fit)
     patches = patches.reshape(-1, patches.shape[-1]).contiguous()

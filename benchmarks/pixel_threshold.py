@@ -39,9 +39,10 @@ MAX_GOOD_PIXEL_FPR = 0.005  # the rule's bound on false-positive pixels on good 
 
 def run_seed(cfg: TrainConfig, ds: data.Dataset, percentiles: tuple[float, ...]) -> dict:
     fit_s, hold_s = data.split_train(ds.train, cfg.holdout_fraction, cfg.seed)  # as the flow splits; the test split is never read
-    cache = data.ImageCache(cfg.cache_dir)
-    fit, holdout = data.load_images(fit_s, cfg.image_size, cache), data.load_images(hold_s, cfg.image_size, cache)
-    arrays = pipeline.Arrays(fit, holdout, fit[:0], np.zeros((0, *fit.shape[1:3]), bool), fit_s, hold_s, [])
+    cache, prep = data.ImageCache(cfg.cache_dir), pipeline.dataset_preprocessing(fit_s, cfg)
+    fit, holdout = prep.images(fit_s, cache), prep.images(hold_s, cache)
+    arrays = pipeline.Arrays(fit, holdout, fit[:0], np.zeros((0, *fit.shape[1:3]), bool), fit_s, hold_s, [],
+                             holdout_valid=prep.valid(hold_s), preprocessing=prep)
     det, _, fit_s = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
     order = np.random.default_rng(cfg.seed).permutation(len(arrays.holdout))
     half_a, half_b = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])

@@ -95,8 +95,7 @@ def train_pipeline(
                 tags={
                     **base_tags,
                     "anomaflow.detector": config.detector,
-                    "anomaflow.frame": f"{trained.detector.frame[0]}x{trained.detector.frame[1]} (HxW, "
-                                       + ("aspect ratio kept)" if trained.detector.keep_aspect else "squashed)"),
+                    "anomaflow.frame": trained.detector.preprocessing.describe(),
                     "anomaflow.evaluation_split": (f"reported on {len(evaluated.split['report'])} test images; promotion gate on "
                                                    f"{len(evaluated.split['gate'])} others (seeded partition, gate_fraction {config.gate_fraction})")
                     if evaluated else "no test split",

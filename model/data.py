@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.frame import fit_box, valid_mask
+from model.frame import frame_box, valid_mask
 from model.samples import (  # noqa: F401 - re-exported
     DataError, Dataset, display_path, IMAGE_EXTENSIONS, _image_files, IMAGE_FORMATS, _is_hidden,
     _is_image_name, _is_listed, _MASK_SUFFIX, MAX_PIXELS, ProgressFn, Sample, Size, _subdirs,
@@ -261,9 +261,7 @@ def valid_masks(samples: Sequence[Sample], size: int | tuple[int, int], keep_asp
     image fills it, the common case of one aspect ratio per dataset."""
     frame = _check_size(size)
     assert frame is not None
-    if not keep_aspect:
-        return None
-    return valid_mask([fit_box(wh, frame) for wh in image_sizes(samples)], frame)
+    return valid_mask([frame_box(wh, frame, keep_aspect) for wh in image_sizes(samples)], frame)
 
 
 def pixel_truth(samples: Sequence[Sample]) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from model.frame import Box, Frame, as_frame, fit_box, place
+from model.frame import Box, Frame, as_frame, frame_box, place
 from model import samples
 from model.samples import (
     _ALPHA_MODES, DataError, _GREY_MODES, IMAGE_FORMATS, _MASK_MODES, _ORIENTATION_TAG,
@@ -213,7 +213,7 @@ def load_framed(path: str | Path, size: int | tuple[int, int], data: bytes | Non
         data = _read_bytes(path)
     with _open_header(path, data) as img:
         shown = _display_size(img)
-    box = fit_box(shown, frame) if keep_aspect else Box(0, 0, *frame)
+    box = frame_box(shown, frame, keep_aspect)
     img = open_image(path, data=data, at_least=(box.width, box.height))
     return place(img, frame, Image.Resampling.BILINEAR, box=box).astype(np.uint8, copy=False), box, shown
 
@@ -270,7 +270,7 @@ def load_mask(
     mask = open_mask(path, data=data)
     if frame is not None and mask.shape != frame:
         img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-        box = fit_box(img.size, frame) if keep_aspect else Box(0, 0, *frame)
+        box = frame_box(img.size, frame, keep_aspect)
         mask = place(img, frame, Image.Resampling.NEAREST, box=box, pad_edge=False) > 127
     return np.ascontiguousarray(mask, dtype=bool)
 

@@ -22,6 +22,7 @@ import torch
 
 from model.calibration import decide
 from model.frame import Frame, square
+from model.preprocessing import Batch, Preprocessing
 from model.scoring import SCORE_METHODS, fill_outside, image_scores
 
 FORMAT_VERSION = 1
@@ -96,6 +97,17 @@ class Detector(ABC):
         """Maps and image scores; with `valid`, padding is left out of both (model.frame)."""
         maps = fill_outside(self.anomaly_maps(images), valid)
         return ScoreResult(maps=maps, scores=image_scores(maps, self.score_sigma, valid), valid=valid)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How this model prepares every image it scores, from what it saves (frame, keep_aspect)."""
+        return Preprocessing(self.frame, self.keep_aspect)
+
+    def score_batch(self, batch: Batch) -> ScoreResult:
+        """Score images prepared by `self.preprocessing` (inspection and the served model)."""
+        if batch.images.shape[1:3] != self.frame:
+            raise ValueError(f"batch prepared for a {batch.images.shape[1]}x{batch.images.shape[2]} frame, the model's is {self.frame[0]}x{self.frame[1]}")
+        return self.score(batch.images, batch.valid)
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         if self.threshold is None:

@@ -84,6 +84,12 @@ def fit_box(size: tuple[int, int], frame: Frame) -> Box:
     return Box(top, left, bh, bw)
 
 
+def frame_box(size: tuple[int, int], frame: Frame, keep_aspect: bool) -> Box:
+    """The box an image of (width, height) occupies: `fit_box` when it keeps its aspect ratio,
+    the whole frame when it is squashed. The one rule images, masks and valid masks all follow."""
+    return fit_box(size, frame) if keep_aspect else Box(0, 0, *frame)
+
+
 def place(img: Image.Image, frame: Frame, resample: Image.Resampling, box: Box | None = None, pad_edge: bool = True) -> np.ndarray:
     """Resize a PIL image into its box (default: from its own size) and pad the rest of the frame
     (edge pixels, or zeros). Pass the box computed from the file's displayed size when the image

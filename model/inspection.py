@@ -35,7 +35,7 @@ import numpy as np
 
 from model.data import IMAGE_EXTENSIONS, display_path
 from model.drift import image_stats
-from model.frame import Box, display_size, to_image_frame, valid_mask
+from model.frame import Box, display_size, to_image_frame
 
 RESULTS_FILE = "results.csv"
 LOCK_FILE = ".inspection.lock"
@@ -520,29 +520,27 @@ def score_items(
     """Decode, score and decide one batch of read items (bad files become ERROR rows); heat
     maps of DEFECTs go to figures_dir. The one scoring step of both the local and sharded runs."""
     from model.calibration import DEFECT, decide
-    from model.data import load_framed
 
     def make_row(item: Item, score: float | None, decision: str, error: str = "") -> Row:
         return Row(item.rel, item.sha256, score, decision, threshold, model_name, model_version, now_iso(), error)
 
     vmax = 2 * detector.pixel_threshold if detector.pixel_threshold else None
     rows: list[Row] = []
-    images, keep, boxes, sizes = [], [], [], []
+    prep = detector.preprocessing
+    framed, keep = [], []
     for item in items:
         if item.raw is None:
             rows.append(make_row(item, None, ERROR, item.read_error))
             continue
         try:
-            arr, box, shown = load_framed(item.path, detector.frame, data=item.raw, keep_aspect=detector.keep_aspect)
-            images.append(arr)
-            boxes.append(box)
-            sizes.append(shown)
+            framed.append(prep.image(item.path, item.raw))
             keep.append(item)
         except Exception as exc:  # every bad file becomes an ERROR row; the batch goes on
             rows.append(make_row(item, None, ERROR, getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
-    if images:
-        batch = np.stack(images)
-        result = detector.score(batch, valid_mask(boxes, detector.frame))
+    if framed:
+        prepared = prep.stack(framed)
+        batch, boxes, sizes = prepared.images, prepared.boxes, prepared.sizes
+        result = detector.score_batch(prepared)
         scores = result.scores[detector.score_method]
         for i, (item, s, d) in enumerate(zip(keep, scores, decide(scores, threshold))):
             b = boxes[i]

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from model import calibration, data, plots
-from model.frame import Frame, model_frame
+from model.frame import Frame
+from model.preprocessing import Preprocessing
 from model.config import TrainConfig
 from model.demo import make_demo_dataset
 from model.detector import Detector, ScoreResult
@@ -85,6 +86,7 @@ class Arrays:
     test_gate: np.ndarray | None = None  # True: the promotion gate's part of the test split
     holdout_valid: np.ndarray | None = None  # (N,H,W) each image's own pixels; None = no padding (model.frame)
     test_valid: np.ndarray | None = None
+    preprocessing: Preprocessing | None = None  # how every array above was prepared; the detector saves it
 
     @property
     def frame(self) -> Frame:
@@ -96,7 +98,7 @@ class Arrays:
         idx = np.flatnonzero(in_gate == gate)
         part = Arrays(self.fit, self.holdout, self.test[idx], self.test_masks[idx], self.fit_samples,
                       self.holdout_samples, [self.test_samples[i] for i in idx], in_gate[idx],
-                      self.holdout_valid, None if self.test_valid is None else self.test_valid[idx])
+                      self.holdout_valid, None if self.test_valid is None else self.test_valid[idx], self.preprocessing)
         return part, idx
 
 
@@ -105,35 +107,39 @@ def take(result: ScoreResult, idx: np.ndarray) -> ScoreResult:
     return ScoreResult(result.maps[idx], {k: v[idx] for k, v in result.scores.items()}, None if result.valid is None else result.valid[idx])
 
 
-def dataset_frame(samples: list[data.Sample], config: TrainConfig) -> Frame:
-    """The model frame for this training set (model.frame): read from image headers only."""
-    return model_frame(data.image_sizes(samples), config.image_size, config.keep_aspect)
+def dataset_preprocessing(samples: list[data.Sample], config: TrainConfig) -> Preprocessing:
+    """The preprocessing for this training set (model.frame): read from image headers only."""
+    return Preprocessing.for_training(samples, config.image_size, config.keep_aspect)
 
 
 def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None] = print) -> Arrays:
+    """Every split decoded once, all through one Preprocessing, the one the detector will save."""
     cache = data.ImageCache(config.cache_dir)
     fit_s, hold_s = data.split_train(ds.train, config.holdout_fraction, config.seed)
     t0 = time.perf_counter()
-    frame = dataset_frame(fit_s, config)
-    fit = data.load_images(fit_s, frame, cache)
-    holdout = data.load_images(hold_s, frame, cache)
-    test = data.load_images(ds.test, frame, cache) if ds.test else np.zeros((0, *frame, 3), np.uint8)
-    masks = data.load_masks(ds.test, frame, cache) if ds.test else np.zeros((0, *frame), bool)
+    prep = dataset_preprocessing(fit_s, config)
+    fit, holdout, test = prep.images(fit_s, cache), prep.images(hold_s, cache), prep.images(ds.test, cache)
+    masks = prep.masks(ds.test, cache)
     gate = data.partition_test(ds.test, config.gate_fraction)
-    hold_valid = data.valid_masks(hold_s, frame, config.keep_aspect)
-    test_valid = data.valid_masks(ds.test, frame, config.keep_aspect) if ds.test else None
-    padded = sum(int((~v).any(axis=(1, 2)).sum()) for v in (hold_valid, test_valid, data.valid_masks(fit_s, frame, config.keep_aspect)) if v is not None)
+    hold_valid, test_valid = prep.valid(hold_s), prep.valid(ds.test)
+    padded = sum(int((~v).any(axis=(1, 2)).sum()) for v in (hold_valid, test_valid, prep.valid(fit_s)) if v is not None)
     log(f"loaded {len(fit)} fit, {len(holdout)} held-out normal, {len(test)} test images ({int(gate.sum())} of them for the "
-        f"promotion gate only) in a {frame[0]}x{frame[1]} frame (HxW"
-        + (f"; aspect ratio kept, {padded} padded" if config.keep_aspect else "; squashed") + f") in {time.perf_counter() - t0:.1f}s")
-    return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test), gate, hold_valid, test_valid)
+        f"promotion gate only) in a {prep.describe()} frame" + (f", {padded} padded" if padded else "") + f" in {time.perf_counter() - t0:.1f}s")
+    return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test), gate, hold_valid, test_valid, prep)
+
+
+def builder(arrays: Arrays) -> Callable[[TrainConfig], Detector]:
+    """build_detector for detectors fitted on these arrays: they save the arrays' preprocessing."""
+    if arrays.preprocessing is None:
+        raise ValueError("these arrays do not say how they were prepared (Arrays.preprocessing): load them with load_arrays")
+    return lambda cfg: build_detector(cfg, arrays.preprocessing)
 
 
 def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Detector, list[dict[str, Any]], float]:
     """Seeded fit on good images only; returns (detector, per-epoch history, seconds)."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    det = build_detector(config)
+    det = builder(arrays)(config)
     t0 = time.perf_counter()
     kwargs = {"progress": progress} if progress is not None else {}
     history = det.fit(arrays.fit, arrays.holdout, **kwargs)
@@ -208,11 +214,9 @@ def evaluate_detector(det: Detector, ds: data.Dataset, gate_fraction: float, cac
     samples = [s for s, g in zip(ds.test, data.partition_test(ds.test, gate_fraction)) if g]
     if not samples:
         raise ValueError(f"dataset {ds.category} has no gate part of the test split to evaluate on (gate_fraction={gate_fraction}, {len(ds.test)} test images)")
-    cache = data.ImageCache(cache_dir)
-    images = data.load_images(samples, det.frame, cache, keep_aspect=det.keep_aspect)
-    masks = data.load_masks(samples, det.frame, cache, keep_aspect=det.keep_aspect)
-    valid = data.valid_masks(samples, det.frame, det.keep_aspect)
-    arrays = Arrays(images[:0], images[:0], images, masks, [], [], samples, test_valid=valid)
+    cache, prep = data.ImageCache(cache_dir), det.preprocessing
+    images, masks, valid = prep.images(samples, cache), prep.masks(samples, cache), prep.valid(samples)
+    arrays = Arrays(images[:0], images[:0], images, masks, [], [], samples, test_valid=valid, preprocessing=prep)
     return evaluate_split(det, arrays, det.score(images, valid), det.score_method)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from model.config import TrainConfig
 from model.detector import FORMAT_VERSION, METADATA_FILE, Detector
+from model.preprocessing import Preprocessing
 
 
 def families() -> dict[str, type[Detector]]:
@@ -19,13 +20,17 @@ def families() -> dict[str, type[Detector]]:
     return {AutoencoderDetector.family: AutoencoderDetector, PatchCoreDetector.family: PatchCoreDetector}
 
 
-def build_detector(config: TrainConfig) -> Detector:
-    """An unfitted detector of the config's family with its settings."""
+def build_detector(config: TrainConfig, preprocessing: Preprocessing | None = None) -> Detector:
+    """An unfitted detector of the config's family with its settings; with `preprocessing` (the
+    one its training images were prepared with) the detector saves exactly that, so inspection
+    and serving prepare images as training did."""
     known = families()
     if config.detector not in known:
         raise ValueError(f"unknown detector {config.detector!r}; expected one of {sorted(known)}")
     det = known[config.detector](getattr(config, config.detector), score_method=config.score_method, seed=config.seed)
-    det.keep_aspect = config.keep_aspect  # saved with the model: inspection prepares images the same way
+    det.keep_aspect = config.keep_aspect if preprocessing is None else preprocessing.keep_aspect
+    if preprocessing is not None:
+        det.frame = preprocessing.frame  # fit() learns the same from the images' shape
     return det
 
 

@@ -38,7 +38,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from model import data
 from model.detector import Detector
 from model.registry import load_detector
-from model.frame import valid_mask
+from model.preprocessing import Batch
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"
@@ -310,8 +310,7 @@ class AnomaflowModel(mlflow.pyfunc.PythonModel):
     # model_input: pd.DataFrame is a hint MLflow infers no schema from (the signature is explicit,
     # SIGNATURE); without any hint MLflow warns on every run that there is none.
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        images, valid = _decode_input(model_input, self.detector)
-        result = self.detector.score(images, valid)
+        result = self.detector.score_batch(_decode_input(model_input, self.detector))
         scores = result.scores[self.detector.score_method]
         out = pd.DataFrame({
             "score": scores.astype(float),
@@ -323,8 +322,8 @@ class AnomaflowModel(mlflow.pyfunc.PythonModel):
         return out
 
 
-def _decode_input(model_input: Any, detector: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images in the detector's frame and where each lies in it (model.frame)."""
+def _decode_input(model_input: Any, detector: Any) -> Batch:
+    """Images prepared the way the detector saved (its Preprocessing), as inspection does."""
     if isinstance(model_input, pd.DataFrame):
         if "image" in model_input and model_input["image"].notna().all():
             sources = [(f"<row {i}>", _as_bytes(b)) for i, b in enumerate(model_input["image"])]
@@ -336,8 +335,7 @@ def _decode_input(model_input: Any, detector: Any) -> tuple[np.ndarray, np.ndarr
         sources = [(Path(p), None) for p in model_input]
     else:
         raise ValueError(f"unsupported input type {type(model_input).__name__}")
-    loaded = [data.load_framed(p, detector.frame, data=b, keep_aspect=detector.keep_aspect) for p, b in sources]
-    return np.stack([a for a, _, _ in loaded]), valid_mask([box for _, box, _ in loaded], detector.frame)
+    return detector.preprocessing.batch(sources)
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -357,28 +355,37 @@ SIGNATURE = ModelSignature(
 )
 
 
+def _pyfunc_spec(det_dir: Path, example_image: Path | None) -> dict[str, Any]:
+    """What makes the served model: the same for a logged model and a saved folder."""
+    example = pd.DataFrame({"image": [example_image.read_bytes()]}) if example_image is not None else None
+    return {"python_model": str(Path(__file__).with_name("served_model.py")), "artifacts": {"detector": str(det_dir)},
+            "signature": SIGNATURE, "input_example": example, "pip_requirements": [f"anomaflow=={anomaflow_version()}"]}
+
+
+@contextmanager
+def _quiet_type_hints() -> Iterator[None]:
+    with warnings.catch_warnings():  # MLflow nags about predict() type hints; our signature is explicit instead
+        warnings.filterwarnings("ignore", message=".*type hint.*")
+        yield
+
+
 def log_model(run_id: str, detector: Detector, example_image: Path | None = None) -> str:
     """Log the detector as a pyfunc model under the run; returns its model URI."""
     with tempfile.TemporaryDirectory() as tmp:
-        det_dir = detector.save(Path(tmp) / "detector")
-        example = None
-        if example_image is not None:
-            example = pd.DataFrame({"image": [example_image.read_bytes()]})
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            # MLflow nags about predict() type hints; our signature is explicit instead.
-            warnings.filterwarnings("ignore", message=".*type hint.*")
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(Path(__file__).with_name("served_model.py")),
-                artifacts={"detector": str(det_dir)},
-                signature=SIGNATURE,
-                input_example=example,
-                pip_requirements=[f"anomaflow=={anomaflow_version()}"],
-            )
+        spec = _pyfunc_spec(detector.save(Path(tmp) / "detector"), example_image)
+        with mlflow.start_run(run_id=run_id), _quiet_type_hints():
+            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **spec)
             # Leaving start_run() would mark the run FINISHED before its model is registered; it stays
             # RUNNING until register_model_task finishes it (or the flow marks it FAILED).
             mlflow.end_run(status="RUNNING")
     return info.model_uri
+
+
+def save_served_model(detector: Detector, path: Path, example_image: Path | None = None) -> Path:
+    """The served model (what `mlflow models serve` loads) written to a folder, no tracking server."""
+    with tempfile.TemporaryDirectory() as tmp, _quiet_type_hints():
+        mlflow.pyfunc.save_model(str(path), **_pyfunc_spec(detector.save(Path(tmp) / "detector"), example_image))
+    return path
 
 
 def register(model_uri: str, name: str, run_id: str, first_champion: bool = True) -> tuple[str, list[str]]:

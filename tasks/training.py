@@ -63,7 +63,7 @@ def choose_detector(config: TrainConfig, arrays: pipeline.Arrays) -> Selection:
     """--detector auto: candidates scored on synthetic defects in held-out normals (never the test split)."""
     log = get_run_logger()
     pipeline.configure_threads(config.num_threads)
-    choice = select(config, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.build_detector, config.auto_budget_seconds, log=log.info)
+    choice = select(config, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), config.auto_budget_seconds, log=log.info)
     log.info("auto: chose %s (%s)", choice.chosen, ", ".join(f"{r['name']} {r.get('syn_image_auroc', float('nan')):.4f}" for r in choice.rows))
     if choice.warning:
         log.warning("%s", choice.warning)
