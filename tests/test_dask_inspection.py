@@ -16,6 +16,7 @@ from model import inspection
 from model.autoencoder import AutoencoderDetector
 from model.config import AutoencoderConfig
 from model.data import load_images, scan_mvtec
+from model.preprocessing import Preprocessing
 from tests.conftest import free_port, stop_process
 from tests.test_operation import make_inbox
 
@@ -54,12 +55,13 @@ class MeanBrightness:
     """A stand-in detector: score = mean brightness (fast, deterministic)."""
 
     image_size, score_method, pixel_threshold = 64, "mean", None
+    preprocessing = Preprocessing((64, 64))
 
-    def score(self, batch):
+    def score_batch(self, batch):
         from model.detector import ScoreResult
         from model.scoring import image_scores
 
-        maps = batch.mean(axis=-1).astype(np.float32) / 255
+        maps = batch.images.mean(axis=-1).astype(np.float32) / 255
         return ScoreResult(maps, image_scores(maps))
 
 
