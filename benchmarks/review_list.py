@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         folder = make_inspection_folder(Path(tmp) / "inspect", n=args.rows, images=50)
-        client = TestClient(create_app([folder], f"sqlite:///{tmp}/labels.sqlite"))
+        client = TestClient(create_app([folder], f"sqlite:///{tmp}/labels.sqlite"), base_url="http://127.0.0.1:8050")
         print(f"{args.rows} rows generated and loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         rows = client.app.state.results.frame
         store = client.app.state.store

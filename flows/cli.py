@@ -174,7 +174,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and not args.token:
         raise ValueError(f"--host {args.host} opens the review app to other machines: give --token (a long random string) too")
     db = args.db or f"sqlite:///{(args.results[0] / 'review.sqlite').resolve()}"
-    app = create_app(args.results, db, token=args.token)
+    app = create_app(args.results, db, token=args.token or None, host=args.host, allowed_hosts=args.allowed_host)
     url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
     print(f"review: {len(app.state.results.frame)} inspected parts from {', '.join(str(r) for r in args.results)}; labels in {db.split('@')[-1]}")
     print(f"review: open {url if args.host in LOOPBACK else url.replace(args.token or '', '<token>')}  (Ctrl+C stops; labels are saved as they are made)")
@@ -214,9 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--token", default=os.environ.get("ANOMAFLOW_REVIEW_TOKEN"),
-                   help="required on every request (open the printed link once; a cookie keeps it); default $ANOMAFLOW_REVIEW_TOKEN")
+                   help="required on every request, at least 16 characters (open the printed link once; a cookie keeps it); "
+                        "default $ANOMAFLOW_REVIEW_TOKEN")
     p.add_argument("--db", default=os.environ.get("ANOMAFLOW_REVIEW_DB"),
                    help="SQLAlchemy URL of the label database (default $ANOMAFLOW_REVIEW_DB, else review.sqlite in the first results folder)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another name the app answers to in the Host header (a DNS name, a proxy's; repeatable); "
+                        "others are refused, so a page on another name cannot reach it (DNS rebinding)")
     p = sub.add_parser("recalibrate", help="field precision/recall from reviewed labels and a threshold for a target; --apply registers it")
     p.add_argument("--results", required=True, type=Path, nargs="+", help="inspection output folders that were reviewed")
     p.add_argument("--model", required=True, help="registered model name")

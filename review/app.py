@@ -4,29 +4,43 @@ FastAPI because it is the well-kept Python framework we already ship (MLflow 3 s
 so it is installed anyway), it validates request bodies with the pydantic models the project
 uses for config, and its TestClient lets the safety rules be tested without a browser.
 
-Safety: the CLI binds 127.0.0.1 unless told otherwise and then requires a token; images are
-served by sha256 through `Results.image_file` (no request path reaches the file system); every
+Safety: the CLI binds 127.0.0.1 unless told otherwise and then requires a token (16 characters
+or more, sent as a cookie, ?token= or `Authorization: Bearer`); a request whose Host header is
+not one of the server's names is refused, so a page on another name that resolves here (DNS
+rebinding) cannot read the CSRF token; images are served by sha256 through `Results.image_file`
+(no request path reaches the file system, no link in the results folder is followed); every
 POST carries the page's CSRF token in a header and, when the browser sends one, an Origin of
-this server; a label value outside LABELS is refused with a message.
+this server (scheme, allowed name and port); a label is only taken for a scored row of the
+loaded results, and a label value outside LABELS is refused with a message.
 """
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import mimetypes
 import secrets
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Sequence
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from review.results import SHA, STATES, Results
+from review.export import reviews_csv
+from review.results import DECISIONS, SHA, SORTS, STATES, Results, read_plain
 from review.store import LABELS, Conflict, LabelError, LabelStore
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TOKEN_COOKIE = "anomaflow_review_token"
 PER_PAGE = 50
+MIN_TOKEN = 16
+ORDERS = ("desc", "asc")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD = ("0.0.0.0", "::", "")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class LabelIn(BaseModel):
@@ -36,6 +50,59 @@ class LabelIn(BaseModel):
     reviewer: str = Field(max_length=120)
     note: str = ""
     seen: int | None = None
+
+
+def allowed_names(host: str, extra: Sequence[str], token: str | None) -> frozenset[str] | None:
+    """The Host header names the app answers to; None: any. Bound to a wildcard address with a
+    token and no --allowed-host, any name reaches it and the token is the guard (a rebinding page
+    has neither the token nor its cookie). Otherwise: the bound host, the loopback names when
+    that is loopback (or a wildcard without a token), and the names given."""
+    host = host.strip("[]").lower()
+    if host in WILDCARD and token is not None and not extra:
+        return None
+    names = {host, *(n.strip("[]").lower() for n in extra)} - set(WILDCARD)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or host in WILDCARD:
+        names.update(LOOPBACK_NAMES)
+    return frozenset(names)
+
+
+def host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
+    """(name, port) of a Host header or an Origin's netloc; None when it is not a plain host[:port]."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.netloc != netloc or "@" in netloc or scheme not in DEFAULT_PORTS:
+        return None
+    return parts.hostname, port or DEFAULT_PORTS[scheme]
+
+
+def same_origin(origin: str, scheme: str, ours: tuple[str, int], names: frozenset[str] | None) -> bool:
+    """Origin is this server: the request's scheme, its port and an allowed name (the request's
+    own name only when any name is allowed, i.e. behind the token)."""
+    o = urlsplit(origin)
+    theirs = host_port(o.netloc, o.scheme)
+    return (o.scheme == scheme and theirs is not None and theirs[1] == ours[1]
+            and (theirs[0] in names if names is not None else theirs[0] == ours[0]))
+
+
+def not_valid(exc: RequestValidationError) -> JSONResponse:
+    """Field and message only, never the input: it may be NaN or Infinity, which JSON cannot
+    encode. Query values 400, bodies 422."""
+    errors = exc.errors()
+    where = [".".join(p for p in e["loc"][1:] if isinstance(p, str)) or e["loc"][0] for e in errors]
+    message = "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors))
+    return JSONResponse({"error": message or "malformed request"}, status_code=422 if any(e["loc"][:1] == ("body",) for e in errors) else 400)
+
+
+def one_of(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise HTTPException(400, f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
 
 
 def histogram_svg(h: dict, width: int = 640, height: int = 160) -> str:
@@ -60,27 +127,45 @@ def histogram_svg(h: dict, width: int = 640, height: int = 160) -> str:
             + f'<text x="{width - 60}" y="{height + 14}" font-size="11">{hi:.4g}</text></svg>')
 
 
-def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = None) -> FastAPI:
+def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = None, *, host: str = "127.0.0.1",
+               allowed_hosts: Sequence[str] = ()) -> FastAPI:
+    """The app over `results_dirs` with labels in `db_url`. `host`: the address it will be bound
+    to; `allowed_hosts`: more names it answers to (a DNS name, a proxy's)."""
+    if token is not None and len(token) < MIN_TOKEN:
+        raise ValueError(f"the review token is {len(token)} characters; use at least {MIN_TOKEN} (a long random string: "
+                         "python -c 'import secrets; print(secrets.token_urlsafe())')")
+    names = allowed_names(host, allowed_hosts, token)
     results = Results(results_dirs)
     store = LabelStore(db_url)
     csrf = secrets.token_urlsafe(32)
     app = FastAPI(title="anomaflow review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.results, app.state.store, app.state.csrf = results, store, csrf
 
+    @app.exception_handler(RequestValidationError)
+    async def _not_valid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return not_valid(exc)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):  # noqa: ANN001, ANN202
         if request.url.path == "/health":  # for container health checks: says nothing about the data
             return Response("ok", media_type="text/plain")
+        given_host = request.headers.get("host", "")
+        ours = host_port(given_host, request.url.scheme)
+        if ours is None:
+            return PlainTextResponse(f"malformed Host header {given_host!r}", status_code=400)
+        if names is not None and ours[0] not in names:
+            return PlainTextResponse(f"unknown Host {given_host!r}: this server answers to {', '.join(sorted(names))}; "
+                                     "start it with --allowed-host NAME to add a name", status_code=400)
         if token is not None:
-            given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or \
-                request.headers.get("authorization", "").removeprefix("Bearer ")
+            scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+            given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or (bearer if scheme.lower() == "bearer" else "")
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return Response("a token is required: open the link the review command printed (…?token=…)", status_code=401)
         if request.method not in ("GET", "HEAD"):
             if not hmac.compare_digest(request.headers.get("x-csrf-token", "").encode(), csrf.encode()):
                 return JSONResponse({"error": "missing or wrong CSRF token: reload the page"}, status_code=403)
             origin = request.headers.get("origin")
-            if origin and urlparse(origin).netloc != request.headers.get("host"):
+            if origin is not None and not same_origin(origin, request.url.scheme, ours, names):
                 return JSONResponse({"error": f"cross-origin request from {origin} refused"}, status_code=403)
         response = await call_next(request)
         if token is not None and request.query_params.get("token"):
@@ -98,21 +183,22 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
     @app.get("/", response_class=HTMLResponse)
     def overview(request: Request) -> HTMLResponse:
         results.refresh()
-        latest = latest_labels()
-        reviewed: dict[str, int] = {}
-        for label in latest.values():
-            reviewed[label] = reviewed.get(label, 0) + 1
         return render(request, "overview.html", counts=results.counts(), total=len(results.frame), models=results.models(),
-                      histogram=histogram_svg(results.histogram()), reviewed=reviewed, folders=results.folders, drift=results.drift(),
-                      waiting=results.waiting())
+                      histogram=histogram_svg(results.histogram()), reviewed=results.reviewed_counts(latest_labels()),
+                      folders=results.folders, drift=results.drift(), waiting=results.waiting(), decisions=DECISIONS)
 
     @app.get("/parts", response_class=HTMLResponse)
     def parts(request: Request, decision: str = "", state: str = "", sort: str = "score", order: str = "desc", page: int = 1) -> HTMLResponse:
         results.refresh()
-        if state and state not in STATES:
-            raise HTTPException(400, f"unknown review state {state!r}; expected one of {', '.join(STATES)}")
-        p = results.page(latest_labels(), decision=decision, state=state, sort=sort, descending=order != "asc", page=page, per_page=PER_PAGE)
-        return render(request, "parts.html", page=p, decision=decision, state=state, sort=sort, order=order, states=STATES)
+        if state:
+            one_of("review state", state, STATES)
+        if decision:
+            one_of("decision", decision, DECISIONS)
+        one_of("sort", sort, SORTS)
+        one_of("order", order, ORDERS)
+        p = results.page(latest_labels(), decision=decision, state=state, sort=sort, descending=order == "desc", page=page, per_page=PER_PAGE)
+        return render(request, "parts.html", page=p, decision=decision, state=state, sort=sort, order=order, states=STATES,
+                      decisions=DECISIONS)
 
     @app.get("/parts/{sha256}", response_class=HTMLResponse)
     def part(request: Request, sha256: str) -> HTMLResponse:
@@ -129,16 +215,27 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
                       has_defect_overlay=results.image_file(sha256, "defect_overlay") is not None)
 
     @app.get("/image/{sha256}/{kind}")
-    def image(sha256: str, kind: str) -> FileResponse:
+    def image(sha256: str, kind: str) -> Response:
         path = results.image_file(sha256, kind)
-        if path is None:
+        data = read_plain(path) if path is not None else None
+        if path is None or data is None:
             raise HTTPException(404, "no such image")
-        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        return Response(data, media_type=mimetypes.guess_type(path.name)[0], headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/export/reviews.csv")
+    def export_reviews() -> Response:
+        """The labelled parts for a spreadsheet (cells that would be formulas neutralised)."""
+        results.refresh()
+        rows = results.frame.drop_duplicates(["sha256", "model_version"], keep="last").to_dict("records")
+        return Response(reviews_csv(rows, store.latest()), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="reviews.csv"'})
 
     @app.post("/api/labels")
     def add_label(body: LabelIn) -> JSONResponse:
-        if results.rows_for(body.sha256).empty:
-            return JSONResponse({"error": "no inspected part with this sha256"}, status_code=404)
+        results.refresh()
+        refusal = results.label_refusal(body.sha256, body.model_version)
+        if refusal is not None:
+            return JSONResponse({"error": refusal}, status_code=404 if results.rows_for(body.sha256).empty else 422)
         try:
             rec = store.add(body.sha256, body.model_version, body.label, body.reviewer, body.note, body.seen)
         except LabelError as exc:

@@ -6,18 +6,50 @@ Sorting, filtering and paging happen on the frame: 10,000 rows sort in milliseco
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from model.inspection import RESULTS_FILE, read_results, view_paths, defect_figure_paths
+from model.inspection import ERROR, RESULTS_FILE, _open_no_follow, defect_figure_paths, read_results, real_dir, view_paths
 
 SHA = re.compile(r"^[0-9a-f]{64}$")
 SORTS = ("score", "path", "inspected_at", "decision")
 STATES = ("unreviewed", "reviewed", "defect", "good", "missed", "unsure")
+DECISIONS = ("NORMAL", "DEFECT", ERROR)
+log = logging.getLogger(__name__)
+
+
+def plain_file(path: Path) -> bool:
+    """A regular file in a real folder. The results folder is written by others: a link planted
+    in views/ or defects/ could point anywhere (/etc/passwd), so it is never followed, the same
+    rule the inspector keeps when it writes there."""
+    try:
+        real_dir(path.parent, create=False)
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("not serving %s: %s", path, exc.strerror)
+        return False
+    if stat.S_ISLNK(mode):
+        log.warning("not serving %s: is a symbolic link; refusing to follow it out of the results folder", path)
+    return stat.S_ISREG(mode)
+
+
+def read_plain(path: Path) -> bytes | None:
+    """The bytes of a file opened without following a link (one swapped in after `plain_file`)."""
+    try:
+        with os.fdopen(_open_no_follow(path, os.O_RDONLY), "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        log.warning("not serving %s: %s", path, exc.strerror or exc)
+        return None
 
 
 @dataclass
@@ -112,9 +144,34 @@ class Results:
             base = self.folders[int(folder)]
             view, overlay = view_paths(base, sha256)
             path = {"view": view, "overlay": overlay, "defect_overlay": defect_figure_paths(base, sha256)[1]}.get(kind)
-            if path is not None and path.is_file():
+            if path is not None and plain_file(path):
                 return path
         return None
+
+    def label_refusal(self, sha256: str, model_version: str) -> str | None:
+        """Why (sha256, model_version) cannot be labelled, or None: a label is a verdict on a
+        verdict, so it needs a scored row of that model version in the loaded results."""
+        rows = self.rows_for(sha256)
+        if rows.empty:
+            return "no inspected part with this sha256"
+        rows = rows[rows["model_version"] == model_version]
+        if rows.empty:
+            versions = ", ".join(sorted(set(self.rows_for(sha256)["model_version"])))
+            return f"this part was not inspected by model version {model_version!r}; it was by {versions}"
+        if (rows["decision"] == ERROR).all():
+            return "this part's row is an ERROR (the image could not be scored): there is no verdict to label"
+        return None
+
+    def review_states(self, latest: dict[tuple[str, str], str], df: pd.DataFrame | None = None) -> pd.Series:
+        """Each row's latest label ('' when unreviewed), by (sha256, model_version): one rule for
+        the overview's counts and the list's filters, so they agree."""
+        df = self.frame if df is None else df
+        return pd.Series([latest.get(k, "") for k in zip(df["sha256"], df["model_version"])], index=df.index, dtype=object)
+
+    def reviewed_counts(self, latest: dict[tuple[str, str], str]) -> dict[str, int]:
+        """Rows per latest label, counted like `page(state=...)` counts them."""
+        states = self.review_states(latest)
+        return {k: int(v) for k, v in states[states != ""].value_counts().items()}
 
     def page(self, latest: dict[tuple[str, str], str], *, decision: str = "", state: str = "", sort: str = "score",
              descending: bool = True, page: int = 1, per_page: int = 50) -> Page:
@@ -122,8 +179,7 @@ class Results:
         df = self.frame
         if decision:
             df = df[df["decision"] == decision]
-        keys = list(zip(df["sha256"], df["model_version"]))
-        review = pd.Series([latest.get(k, "") for k in keys], index=df.index, dtype=object)
+        review = self.review_states(latest, df)
         if state == "unreviewed":
             df = df[review == ""]
         elif state == "reviewed":
@@ -131,7 +187,7 @@ class Results:
         elif state:
             df = df[review == state]
         if sort not in SORTS:
-            sort = "score"
+            raise ValueError(f"unknown sort {sort!r}; expected one of {', '.join(SORTS)}")
         df = df.sort_values(sort, ascending=not descending, na_position="last", kind="stable")
         total = len(df)
         pages = max(1, -(-total // per_page))
@@ -141,8 +197,9 @@ class Results:
         return Page(rows, total, page, pages)
 
     def neighbours(self, sha256: str, latest: dict[tuple[str, str], str]) -> str | None:
-        """The next unreviewed part in the default order (score, highest first) after this one."""
-        df = self.frame.sort_values("score", ascending=False, na_position="last", kind="stable")
+        """The next unreviewed part in the default order (score, highest first) after this one;
+        ERROR rows have no verdict to label, so they are never next."""
+        df = self.frame[self.frame["decision"] != ERROR].sort_values("score", ascending=False, na_position="last", kind="stable")
         shas = df["sha256"].tolist()
         versions = df["model_version"].tolist()
         start = shas.index(sha256) + 1 if sha256 in shas else 0
