@@ -12,6 +12,7 @@ DATASETS = {  # development datasets by name: (root, category)
     "elpv_poly": (REPO / "data" / "elpv", "elpv_poly"),
     "bottle_tall": (REPO / "data" / "variants", "bottle_tall"),
     "bottle_wide": (REPO / "data" / "variants", "bottle_wide"),
+    "bottle_mixed": (REPO / "data" / "variants", "bottle_mixed"),
 }
 
 

@@ -11,8 +11,9 @@ resize + maps). Datasets (NAME or NAME=ROOT:CATEGORY):
 - bottle: ../shared/data/mvtec_ad (MVTec AD Bottle, masks);
 - elpv_mono, elpv_poly: data/elpv, written by `anomaflow import-elpv data/elpv` (image labels only);
 - demo: the generated demo set (masks);
-- bottle_tall, bottle_wide: data/variants, written by `benchmarks/variants.py data/variants` (a tall
-  grayscale JPEG and a wide RGB crop of good Bottle images with small synthetic defects, masks).
+- bottle_tall, bottle_wide, bottle_mixed: data/variants, written by `benchmarks/variants.py data/variants`
+  (a tall grayscale JPEG crop, a wide RGB crop, and grayscale crops of five shapes from 1:2.5 to
+  2.5:1 in one product, of good Bottle images with small synthetic defects, masks).
 `--frames keep square` also runs every cell with images squashed to a square (the old input).
 A dataset that is not there is skipped with the reason. Columns: image AUROC of the decision
 score; pixel AUROC where masks exist; recall at test FPR 5 % (a label-using reference: the

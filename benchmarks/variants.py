@@ -3,8 +3,9 @@ with small synthetic defects (thin lines, small spots) and exact masks.
 
     .venv/bin/python benchmarks/variants.py data/variants [--source ../shared/data/mvtec_ad/bottle] [--seed 0]
 
-Writes `bottle_tall` (360x900 grayscale JPEG, like tall crack images) and `bottle_wide` (900x360
-RGB PNG) in the MVTec layout under DEST. Only good Bottle images are used (train/good and
+Writes `bottle_tall` (360x900 grayscale JPEG, like tall crack images), `bottle_wide` (900x360
+RGB PNG) and `bottle_mixed` (grayscale JPEG crops of five shapes from 1:2.5 to 2.5:1 in one
+product, like tile crops) in the MVTec layout under DEST. Only good Bottle images are used (train/good and
 test/good), never a real defect: 150 train/good images train; the other good images are split
 seeded into test/good and the bases of the synthetic defects. Derived from MVTec AD (CC BY-NC-SA
 4.0): keep DEST out of the repository (data/ is ignored). A second run with the same seed writes
@@ -21,9 +22,11 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN = 150
-CROPS = {  # name -> (crop box as fractions of the 900x900 image: left, top, right, bottom), grayscale
-    "bottle_tall": ((0.3, 0.0, 0.7, 1.0), True),
-    "bottle_wide": ((0.0, 0.3, 1.0, 0.7), False),
+CROPS = {  # name -> (crop boxes as fractions of the 900x900 image: left, top, right, bottom; image i takes box i % n), grayscale
+    "bottle_tall": ([(0.3, 0.0, 0.7, 1.0)], True),
+    "bottle_wide": ([(0.0, 0.3, 1.0, 0.7)], False),
+    # mixed shapes in one product, like tile crops: 1:1, 1:1.67, 1:2.5, 1.67:1, 2.5:1
+    "bottle_mixed": ([(0.0, 0.0, 1.0, 1.0), (0.2, 0.0, 0.8, 1.0), (0.3, 0.0, 0.7, 1.0), (0.0, 0.2, 1.0, 0.8), (0.0, 0.3, 1.0, 0.7)], True),
 }
 
 
@@ -49,7 +52,7 @@ def small_defect(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple
 
 
 def write_variant(source: Path, dest: Path, name: str, seed: int) -> dict[str, int]:
-    (left, top, right, bottom), grey = CROPS[name]
+    boxes, grey = CROPS[name]
     goods = sorted((source / "train" / "good").glob("*.png")) + sorted((source / "test" / "good").glob("*.png"))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(goods))
@@ -60,7 +63,8 @@ def write_variant(source: Path, dest: Path, name: str, seed: int) -> dict[str, i
     root = dest / name
     counts: dict[str, int] = {}
 
-    def load(p: Path) -> Image.Image:
+    def load(p: Path, i: int) -> Image.Image:
+        left, top, right, bottom = boxes[i % len(boxes)]
         with Image.open(p) as im:
             im = im.convert("L" if grey else "RGB")
             w, h = im.size
@@ -74,11 +78,11 @@ def write_variant(source: Path, dest: Path, name: str, seed: int) -> dict[str, i
             im.save(path)
 
     for i, p in enumerate(train):
-        save(load(p), root / "train" / "good" / f"{i:03d}{ext}")
+        save(load(p, i), root / "train" / "good" / f"{i:03d}{ext}")
     counts["train/good"] = len(train)
     for kind, files in parts.items():
         for i, p in enumerate(files):
-            im = load(p)
+            im = load(p, i)
             if kind != "good":
                 im, m = small_defect(im, kind, rng)
                 mpath = root / "ground_truth" / kind / f"{i:03d}_mask.png"
