@@ -36,11 +36,13 @@ def run(name: str, root: Path, category: str, seed: int, pool: str, threads: int
     arrays = pipeline.load_arrays(ds, base, log=lambda m: print(m, file=sys.stderr))
     labels = np.array([s.label for s in arrays.test_samples], float)
     rows = []
+    fitted: dict = {}  # a fusion candidate reuses its fitted members, as auto does
     for cand, cfg in selection.candidates(base, pool=pool).items():
         if cand in skip:
             continue
         t0 = time.perf_counter()
-        det, _, _ = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
+        det, _ = selection.fit_candidate(cand, cfg, pipeline.builder(arrays), arrays.fit, arrays.holdout, fitted)
+        fitted[cand] = det
         fit_s = time.perf_counter() - t0
         syn = selection.synthetic_check(det, arrays.holdout, arrays.holdout_valid, seed)
         test = det.score(arrays.test, arrays.test_valid).scores[det.score_method]

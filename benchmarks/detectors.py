@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FAMILIES = ("autoencoder", "patchcore", "auto")
+FAMILIES = ("autoencoder", "patchcore", "padim", "fusion", "auto")
 
 
 def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:

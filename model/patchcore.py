@@ -24,44 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from model.backbone import FeatureBackbone
 from model.config import PatchCoreConfig
-from model.detector import Detector, ProgressFn, save_torch_atomic, to_tensor
-from model.scoring import gaussian_blur
+from model.detector import ProgressFn, save_torch_atomic
+from model.features import FeatureDetector, aggregate  # noqa: F401 - aggregate is part of this module's API
 
 BANK_FILE = "memory_bank.pt"
-
-
-
-# ----------------------------------------------------------------------------------------------
-# features
-
-
-def aggregate(features: list[torch.Tensor], pool_size: int = 3, feature_dim: int | None = None) -> torch.Tensor:
-    """Feature maps of several stages -> one (N, h, w, D) patch-descriptor grid.
-
-    Each map is averaged over its pool_size x pool_size neighbourhood (stride 1, borders
-    averaged over the pixels that exist), brought onto the grid of the first map (coarser
-    maps upsampled bilinearly, finer ones average-pooled), and concatenated along channels;
-    optionally averaged down to `feature_dim` channels.
-    """
-    h, w = features[0].shape[-2:]
-    out = []
-    for f in features:
-        if pool_size > 1:
-            f = F.avg_pool2d(f, pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
-        if f.shape[-2] > h or f.shape[-1] > w:  # a finer stage: average down onto the grid
-            f = F.adaptive_avg_pool2d(f, (h, w))
-        elif f.shape[-2:] != (h, w):
-            f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
-        out.append(f)
-    x = torch.cat(out, dim=1).permute(0, 2, 3, 1)  # (N, h, w, D)
-    if feature_dim is not None and feature_dim < x.shape[-1]:
-        n = x.shape[0]
-        x = F.adaptive_avg_pool1d(x.reshape(-1, 1, x.shape[-1]), feature_dim).reshape(n, h, w, feature_dim)
-    return x.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,44 +189,17 @@ def _print_progress(rec: dict[str, Any]) -> None:
         print(f"patchcore: memory bank {rec['bank_size']} x {rec['feature_dim']} in {rec['seconds']:.1f}s", flush=True)
 
 
-class PatchCoreDetector(Detector):
+class PatchCoreDetector(FeatureDetector):
     family = "patchcore"
+    config_class = PatchCoreConfig
+    config: PatchCoreConfig
 
-    def __init__(
-        self,
-        config: PatchCoreConfig | None = None,
-        score_method: str = "max",
-        seed: int = 0,
-        expected_weights_sha256: str | None = None,
-    ) -> None:
-        self.config = config or PatchCoreConfig()
-        super().__init__(self.config.image_size, score_method, self.config.score_sigma)
-        self.seed = seed
-        self.backbone = FeatureBackbone(self.config.backbone, self.config.layers, self.config.weights_path)
-        if expected_weights_sha256 is not None and expected_weights_sha256 != self.backbone.weights_sha256:
-            raise ValueError(
-                f"backbone weights {self.backbone.weights_file} (sha256 {self.backbone.weights_sha256[:12]}...) differ from "
-                f"the ones this model was fitted with (sha256 {expected_weights_sha256[:12]}...); install the same weights "
-                f"(package {self.config.backbone!r} version / weights_path) or refit"
-            )
+    def __init__(self, config: PatchCoreConfig | None = None, score_method: str = "max", seed: int = 0,
+                 expected_weights_sha256: str | None = None) -> None:
+        super().__init__(config, score_method, seed, expected_weights_sha256)
         self.bank: torch.Tensor | None = None
         self._bank_sq: torch.Tensor | None = None
         self._index: FaissBank | None = None
-        self.history: list[dict[str, Any]] = []
-
-    # -- features ------------------------------------------------------------------------
-    def features(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 images (N,H,W,3) -> patch descriptors (N, h, w, D), in batches of config.batch_size."""
-        images = self.check_images(images)
-        cfg = self.config
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(images), cfg.batch_size):
-                feats = self.backbone(to_tensor(images[i : i + cfg.batch_size]))
-                out.append(aggregate(feats, cfg.pool_size, cfg.feature_dim))
-        if not out:
-            return torch.zeros(0, 0, 0, 0)
-        return torch.cat(out)
 
     def bank_size_for(self, n_patches: int) -> int:
         """coreset_ratio of the patches, at least coreset_min_size, at most coreset_max_size and n_patches."""
@@ -309,21 +250,19 @@ class PatchCoreDetector(Detector):
             progress(rec)
         return self.history
 
-    @property
-    def feature_dim(self) -> int:
-        total = sum(self.backbone.channels)
-        return min(total, self.config.feature_dim) if self.config.feature_dim else total
-
     def _set_bank(self, bank: torch.Tensor) -> None:
         self.bank = bank.float().contiguous()
         self._bank_sq = _sq_norms(self.bank)
         self._index = None  # built on first search
 
     # -- inference -----------------------------------------------------------------------
-    def patch_scores(self, images: np.ndarray) -> torch.Tensor:
-        """Nearest-neighbour distance of every patch: (N, h, w) on the feature grid."""
+    def require_fitted(self) -> None:
         if self.bank is None:
             raise RuntimeError("the detector is not fitted (no memory bank)")
+
+    def patch_scores(self, images: np.ndarray) -> torch.Tensor:
+        """Nearest-neighbour distance of every patch: (N, h, w) on the feature grid."""
+        self.require_fitted()
         feats = self.features(images)
         n, h, w, d = feats.shape
         if self.config.search == "faiss":
@@ -337,37 +276,7 @@ class PatchCoreDetector(Detector):
             )
         return dist.reshape(n, h, w)
 
-    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
-        images = self.check_images(images)
-        if self.bank is None:
-            raise RuntimeError("the detector is not fitted (no memory bank)")
-        maps = []
-        with torch.inference_mode():
-            for i in range(0, len(images), self.config.batch_size):
-                s = self.patch_scores(images[i : i + self.config.batch_size]).unsqueeze(1)
-                m = F.interpolate(s, size=self.frame, mode="bilinear", align_corners=False)
-                maps.append(gaussian_blur(m, self.config.map_sigma).squeeze(1))
-        if not maps:
-            return np.zeros((0, *self.frame), np.float32)
-        return torch.cat(maps).numpy().astype(np.float32, copy=False)
-
     # -- persistence ---------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {
-            "patchcore": self.config.model_dump(),
-            "seed": self.seed,
-            "backbone_weights": {"file": self.backbone.weights_file.name, "sha256": self.backbone.weights_sha256},
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PatchCoreDetector":
-        weights = config.get("backbone_weights") or {}
-        return cls(
-            PatchCoreConfig.model_validate(config["patchcore"]),
-            seed=config.get("seed", 0),
-            expected_weights_sha256=weights.get("sha256"),
-        )
-
     def _save_weights(self, directory: Path) -> None:
         if self.bank is None:
             raise RuntimeError("nothing to save: the detector is not fitted")

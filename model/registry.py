@@ -15,9 +15,11 @@ from model.preprocessing import Preprocessing
 def families() -> dict[str, type[Detector]]:
     """Family name -> class (imported on first use: PatchCore pulls in the backbone code)."""
     from model.autoencoder import AutoencoderDetector
+    from model.fusion import FusionDetector
+    from model.padim import PadimDetector
     from model.patchcore import PatchCoreDetector
 
-    return {AutoencoderDetector.family: AutoencoderDetector, PatchCoreDetector.family: PatchCoreDetector}
+    return {d.family: d for d in (AutoencoderDetector, PatchCoreDetector, PadimDetector, FusionDetector)}
 
 
 def build_detector(config: TrainConfig, preprocessing: Preprocessing | None = None) -> Detector:
@@ -27,7 +29,11 @@ def build_detector(config: TrainConfig, preprocessing: Preprocessing | None = No
     known = families()
     if config.detector not in known:
         raise ValueError(f"unknown detector {config.detector!r}; expected one of {sorted(known)}")
-    det = known[config.detector](getattr(config, config.detector), score_method=config.score_method, seed=config.seed)
+    if config.detector == "fusion":
+        members = [build_detector(config.model_copy(update={"detector": m}), preprocessing) for m in config.fusion.members]
+        det = known["fusion"](config.fusion, members, score_method=config.score_method, seed=config.seed)
+    else:
+        det = known[config.detector](getattr(config, config.detector), score_method=config.score_method, seed=config.seed)
     det.keep_aspect = config.keep_aspect if preprocessing is None else preprocessing.keep_aspect
     if preprocessing is not None:
         det.frame = preprocessing.frame  # fit() learns the same from the images' shape
@@ -57,4 +63,7 @@ def load_detector(directory: str | Path) -> Detector:
     det.frame = tuple(meta.get("frame") or (det.image_size, det.image_size))  # type: ignore[assignment]
     det.keep_aspect = bool(meta.get("keep_aspect", False))
     det._load_weights(directory)
+    member_dirs = getattr(det, "member_dirs", None)
+    if member_dirs is not None:  # a fusion: complete detectors of their own in sub-folders
+        det.attach([load_detector(d) for d in member_dirs(directory)], directory)
     return det

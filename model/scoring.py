@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 MapKind = Literal["l2", "l1", "ssim", "l2_ssim"]
-ScoreMethod = Literal["mean", "max", "smoothed_max"]
-SCORE_METHODS: tuple[str, ...] = ("mean", "max", "smoothed_max")
+ScoreMethod = Literal["mean", "max", "smoothed_max", "top_mean"]
+SCORE_METHODS: tuple[str, ...] = ("mean", "max", "smoothed_max", "top_mean")
+TOP_SHARE = 0.001  # top_mean: the mean of this share of an image's own pixels, the highest (at least one)
 
 
 def _gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:
@@ -90,7 +91,7 @@ def fill_outside(maps: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 
 
 def image_scores(maps: np.ndarray, smooth_sigma: float = 4.0, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Pool maps (N,H,W) into image scores: mean, max and smoothed max (keys of SCORE_METHODS).
+    """Pool maps (N,H,W) into image scores: mean, max, smoothed max and top-share mean (keys of SCORE_METHODS).
 
     valid (N,H,W) bool: pool over each image's own pixels only (padding left out)."""
     maps = np.asarray(maps, dtype=np.float32)
@@ -101,14 +102,25 @@ def image_scores(maps: np.ndarray, smooth_sigma: float = 4.0, valid: np.ndarray 
     flat = maps.reshape(n, pixels)
     smoothed = smooth_maps(maps, smooth_sigma).reshape(n, pixels)
     if valid is None:
-        return {
+        v = np.ones((n, pixels), bool)
+        out = {
             "mean": flat.mean(axis=1).astype(np.float64),
             "max": flat.max(axis=1).astype(np.float64),
             "smoothed_max": smoothed.max(axis=1).astype(np.float64),
         }
-    v = np.asarray(valid, bool).reshape(n, pixels)
-    return {
-        "mean": np.array([f[m].mean() for f, m in zip(flat, v)], dtype=np.float64),
-        "max": np.array([f[m].max() for f, m in zip(flat, v)], dtype=np.float64),
-        "smoothed_max": np.array([f[m].max() for f, m in zip(smoothed, v)], dtype=np.float64),
-    }
+    else:
+        v = np.asarray(valid, bool).reshape(n, pixels)
+        out = {
+            "mean": np.array([f[m].mean() for f, m in zip(flat, v)], dtype=np.float64),
+            "max": np.array([f[m].max() for f, m in zip(flat, v)], dtype=np.float64),
+            "smoothed_max": np.array([f[m].max() for f, m in zip(smoothed, v)], dtype=np.float64),
+        }
+    out["top_mean"] = np.array([top_mean(f[m]) for f, m in zip(flat, v)], dtype=np.float64)
+    return out
+
+
+def top_mean(values: np.ndarray, share: float = TOP_SHARE) -> float:
+    """Mean of the highest `share` of the values: a defect's peak without hanging on one pixel
+    (chosen for PaDiM and fusion on the development sets: benchmarks/results/README.md)."""
+    k = max(1, int(len(values) * share))
+    return float(np.partition(values, len(values) - k)[len(values) - k :].astype(np.float64).mean())

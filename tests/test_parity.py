@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from model import pipeline
-from model.config import AutoencoderConfig, PatchCoreConfig, TrainConfig
+from model.config import AutoencoderConfig, PadimConfig, PatchCoreConfig, TrainConfig
 from model.inspection import RowBuffer, inspect_files
 from model.registry import load_detector
 
@@ -67,8 +67,10 @@ def mixed_roots(tmp_path_factory) -> dict[str, Path]:
 
 
 def _config(root: Path, family: str, keep_aspect: bool, size: int) -> TrainConfig:
-    family_cfg = ({"autoencoder": AutoencoderConfig(image_size=size, base_channels=8, latent_channels=8, epochs=1, batch_size=8)}
-                  if family == "autoencoder" else {"patchcore": PatchCoreConfig(image_size=size)})
+    family_cfg = {"autoencoder": {"autoencoder": AutoencoderConfig(image_size=size, base_channels=8, latent_channels=8, epochs=1, batch_size=8)},
+                  "padim": {"padim": PadimConfig(image_size=size)},
+                  "fusion": {"padim": PadimConfig(image_size=size), "patchcore": PatchCoreConfig(image_size=size)},
+                  }.get(family, {"patchcore": PatchCoreConfig(image_size=size)})
     return TrainConfig(data_root=str(root), category="tiles", detector=family, keep_aspect=keep_aspect, num_threads=2,
                        seed=0, auto_budget_seconds=600, **family_cfg)
 
@@ -77,6 +79,9 @@ CASES = [  # (family, keep_aspect, colour, image size)
     *[(f, k, c, 64) for f in ("autoencoder", "patchcore") for k in (True, False) for c in ("gray", "rgb")],
     ("autoencoder", True, "rgb", 128),
     ("patchcore", False, "gray", 96),
+    ("padim", True, "gray", 64),
+    ("padim", False, "rgb", 64),
+    ("fusion", True, "gray", 64),
     ("auto", True, "gray", 64),
     ("auto", False, "rgb", 64),
 ]

@@ -219,7 +219,7 @@ def test_config_validation():
     with pytest.raises(ValueError):
         PatchCoreConfig(layers=[])
     with pytest.raises(ValueError):
-        TrainConfig(detector="padim")
+        TrainConfig(detector="fancy")
     assert TrainConfig(detector="patchcore").image_size == 256
 
 

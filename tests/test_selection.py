@@ -12,7 +12,7 @@ from model.selection import NEAR_CHANCE, candidates, near_chance_warning, relati
 
 
 class Toy(Detector):
-    """Maps = brightness deviation from the fit images' mean ('sees' defects), or noise ('blind')."""
+    """Maps = brightness deviation from the fit images' mean ('sees' defects), or constant ('blind')."""
 
     family = "toy"
 
@@ -27,8 +27,8 @@ class Toy(Detector):
         return [{"epoch": 1}]
 
     def anomaly_maps(self, images):
-        if self.blind:
-            return self.rng.random(images.shape[:3]).astype(np.float32)
+        if self.blind:  # the same map for every image: AUROC exactly 0.5, alone or fused
+            return np.zeros(images.shape[:3], np.float32)
         return np.abs(images.astype(np.float32).mean(axis=3) - self.mean)
 
     def config_dict(self) -> dict[str, Any]:
@@ -51,16 +51,19 @@ def _images(n: int, seed: int) -> np.ndarray:
 def test_a_candidate_near_chance_is_never_chosen_and_ties_keep_the_default():
     base = TrainConfig(detector="auto", patchcore={"image_size": 32})
     names = list(candidates(base))
-    assert names[0] == "patchcore_s3s4"  # the default first
-    # The budget check expects stage2 features (4x the patches) to cost 4x the default.
-    assert [relative_cost(c) for c in candidates(base).values()] == [1.0, 4.0, 0.25]
+    assert names == ["fusion", "patchcore_s3s4", "padim_s2s3", "patchcore_s2s3", "patchcore_s4s5"]  # the default first
+    # The budget check expects the fusion's members to cost a re-score (fitted with it), and
+    # stage2 PatchCore features (4x the patches) twice the fusion of two stage3-cost members.
+    assert [relative_cost(n) for n in names] == [1.0, 0.1, 0.1, 2.0, 0.125]
     fit, holdout = _images(20, 0), _images(12, 1)
-    blind_default = select(base, fit, holdout, None, lambda c: Toy(c, blind=c.patchcore.layers == ["stage3", "stage4"]), 600, log=lambda m: None)
-    assert blind_default.chosen != "patchcore_s3s4" and not blind_default.warning
+    blind_default = select(base, fit, holdout, None, lambda c: Toy(c, blind=c.detector == "padim" or c.patchcore.layers == ["stage3", "stage4"]), 600, log=lambda m: None)
+    # the fusion (the default) and both its members blind: a later candidate that sees is chosen
+    assert blind_default.chosen in ("patchcore_s2s3", "patchcore_s4s5") and not blind_default.warning
     scores = {r["name"]: r["syn_image_auroc"] for r in blind_default.rows}
-    assert scores["patchcore_s3s4"] < NEAR_CHANCE < scores[blind_default.chosen]
+    assert max(scores["patchcore_s3s4"], scores["padim_s2s3"]) < NEAR_CHANCE < scores[blind_default.chosen]
+    assert scores[blind_default.chosen] > scores["fusion"] + 0.1
     all_seeing = select(base, fit, holdout, None, lambda c: Toy(c, blind=False), 600, log=lambda m: None)
-    assert all_seeing.chosen == "patchcore_s3s4"  # equal scores: the default stays
+    assert all_seeing.chosen == "fusion"  # equal scores: the default stays
     all_blind = select(base, fit, holdout, None, lambda c: Toy(c, blind=True), 600, log=lambda m: None)
     assert "near chance" in all_blind.warning
     assert near_chance_warning("x", 0.9) == "" and "near chance" in near_chance_warning("the autoencoder model", 0.52)

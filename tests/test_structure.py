@@ -18,15 +18,15 @@ def _imports(path: Path) -> set[str]:
 
 def test_the_interface_imports_no_family_and_the_families_not_the_registry():
     assert not _imports(MODEL / "detector.py") & {"model.autoencoder", "model.patchcore", "model.registry"}
-    for family in ("autoencoder.py", "patchcore.py"):
+    for family in ("autoencoder.py", "patchcore.py", "padim.py", "fusion.py"):
         imports = _imports(MODEL / family)
-        assert "model.detector" in imports and "model.registry" not in imports
+        assert {"model.detector", "model.features"} & imports and "model.registry" not in imports
 
 
 def test_the_registry_builds_and_names_every_family():
     from model.config import TrainConfig
     from model.registry import build_detector, families
 
-    assert set(families()) == {"autoencoder", "patchcore"}
+    assert set(families()) == {"autoencoder", "patchcore", "padim", "fusion"}
     for name in families():
         assert build_detector(TrainConfig(detector=name)).family == name
