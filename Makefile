@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/anomaflow train --output $(DEMO_OUT)
+	$(VENV)/bin/anomaflow train --detector autoencoder --output $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -q

@@ -60,7 +60,7 @@ def prepare(args: argparse.Namespace, work: Path, model_name: str):
         make_demo_dataset(root, "demo")
     threads = pipeline.configure_threads(args.threads)
     ds = data.scan_mvtec(root, args.category)
-    cfg = TrainConfig(data_root=str(root), category=args.category, autoencoder=AutoencoderConfig(image_size=args.image_size, epochs=1))
+    cfg = TrainConfig(data_root=str(root), category=args.category, detector="autoencoder", autoencoder=AutoencoderConfig(image_size=args.image_size, epochs=1))
     arrays = pipeline.load_arrays(ds, cfg)
     det, _, _ = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
     pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout))

@@ -43,8 +43,8 @@ CONFIGS: dict[str, dict] = {
 def make_config(name: str, seed: int, root: Path, category: str, cache_dir: str | None, threads: int | None, epochs: int | None = None) -> TrainConfig:
     spec = CONFIGS[name]
     ae = AutoencoderConfig(**{**spec.get("ae", {}), **({"epochs": epochs} if epochs else {})})
-    return TrainConfig(data_root=str(root), category=category, autoencoder=ae, seed=seed, cache_dir=cache_dir,
-                       num_threads=threads, score_method=spec.get("score_method", TrainConfig().score_method))
+    return TrainConfig(data_root=str(root), category=category, detector="autoencoder", autoencoder=ae, seed=seed, cache_dir=cache_dir,
+                       num_threads=threads, score_method=spec.get("score_method", TrainConfig(detector="autoencoder").score_method))
 
 
 def evaluate_variant(det, cfg: TrainConfig, arrays: pipeline.Arrays, syn_imgs: np.ndarray, syn_masks: np.ndarray) -> dict:

@@ -88,7 +88,7 @@ def train(size: int, n_train: int, epochs: int, seed: int):
     holdout = np.stack([render_part(rng, size) for _ in range(max(8, n_train // 4))])
     det = AutoencoderDetector(AutoencoderConfig(image_size=size, base_channels=8, latent_channels=8, epochs=epochs, batch_size=16), seed=seed)
     det.fit(good, holdout, progress=None)
-    pipeline.calibrate_detector(det, TrainConfig(), det.score(holdout))  # the training flow's calibration
+    pipeline.calibrate_detector(det, TrainConfig(detector="autoencoder"), det.score(holdout))  # the training flow's calibration
     return det
 
 

@@ -148,7 +148,8 @@ class TrainConfig(BaseModel):
     data_root: str | None = Field(None, description="MVTec-layout root; None = the built-in demo data")
     category: str = Field("bottle", description="category folder under data_root (demo data: 'demo')")
     detector: Literal["autoencoder", "patchcore", "padim", "fusion", "auto"] = Field(
-        "autoencoder", description="auto: chosen per dataset on synthetic defects in held-out normals (model.selection)"
+        "auto", description="auto (default): chosen per dataset on synthetic defects in held-out normals (model.selection); "
+        "autoencoder, patchcore, padim, fusion: that family"
     )
     auto_budget_seconds: float = Field(180.0, gt=0, description="time budget of --detector auto for fitting and scoring its candidates")
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)

@@ -7,7 +7,7 @@ from flows.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "mlflow_sqlite")
 
-FAST = ["--image-size", "64", "--epochs", "2", "--batch-size", "8", "--threads", "2", "--no-register"]
+FAST = ["--detector", "autoencoder", "--image-size", "64", "--epochs", "2", "--batch-size", "8", "--threads", "2", "--no-register"]
 
 
 def test_train_end_to_end_writes_metrics_and_figures(demo_root, tmp_path, capsys):
@@ -95,8 +95,11 @@ def test_patchcore_detector_flag_uses_family_defaults():
     assert cfg.score_method == "max" and cfg.pixel_threshold_percentile == 99.99
     cfg = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "patchcore", "--image-size", "128", "--score-method", "mean"]))
     assert cfg.image_size == 128 and cfg.score_method == "mean"
-    ae = config_from_args(build_parser().parse_args(["train", "--output", "o"]))
+    ae = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "autoencoder"]))
     assert ae.detector == "autoencoder" and ae.image_size == 128 and ae.score_method == "smoothed_max"
+    auto = config_from_args(build_parser().parse_args(["train", "--output", "o"]))  # the default: chosen per dataset
+    assert auto.detector == "auto" and auto.image_size == 256 and auto.padim.image_size == 256
+    assert config_from_args(build_parser().parse_args(["train", "--output", "o", "--image-size", "128"])).padim.image_size == 128
 
 
 def test_autoencoder_flags_default_to_the_config_and_can_be_turned_off():

@@ -123,7 +123,7 @@ def fault_config(root: Path, name: str):
     from model.config import AutoencoderConfig, TrainConfig
 
     ae = AutoencoderConfig(image_size=SIZE, base_channels=8, latent_channels=8, epochs=1, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", autoencoder=ae, num_threads=2, registered_model_name=name,
+    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, registered_model_name=name,
                        experiment_name=f"faults-{name}")
 
 

@@ -503,7 +503,7 @@ def _gate_config(root: Path):
     from model.config import TrainConfig
 
     ae = AutoencoderConfig(image_size=SIZE, base_channels=8, latent_channels=8, epochs=1, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", autoencoder=ae, num_threads=2, experiment_name="hostile-gate")
+    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, experiment_name="hostile-gate")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def ops_config(root, **kw) -> TrainConfig:
     ae = AutoencoderConfig(image_size=128, base_channels=8, latent_channels=8, epochs=2, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", autoencoder=ae, num_threads=2, registered_model_name=NAME, **kw)
+    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, registered_model_name=NAME, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def test_family_decision_defaults_apply_without_the_cli():
     value wins, and the dumped config (logged, reloaded) carries the resolved values."""
     pc = TrainConfig(detector="patchcore")
     assert (pc.score_method, pc.pixel_threshold_percentile) == ("max", 99.99)
-    ae = TrainConfig()
+    ae = TrainConfig(detector="autoencoder")
     assert (ae.score_method, ae.pixel_threshold_percentile) == ("smoothed_max", 99.5)
     assert TrainConfig(detector="patchcore", score_method="mean").score_method == "mean"
     assert TrainConfig.model_validate(pc.model_dump()) == pc

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 def tiny_config(root, **kw) -> TrainConfig:
     ae = AutoencoderConfig(image_size=64, base_channels=8, latent_channels=8, epochs=2, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", autoencoder=ae, num_threads=2, **kw)
+    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, **kw)
 
 
 async def _read_artifacts(keys):
