@@ -132,7 +132,8 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "autoencoder": {"score_method": "smoothed_max", "pixel_threshold_percentile": 99.5},
     "patchcore": {"score_method": "max", "pixel_threshold_percentile": 99.99},
     # PaDiM and fusion: top_mean (top 0.1 % of pixels) beat max on the development sets, seed 0:
-    # PaDiM mean image AUROC 0.934 vs 0.927, fusion 0.942 vs 0.937 (PatchCore: 0.935 either way, max kept).
+    # PaDiM mean image AUROC 0.934 vs 0.927, fusion 0.942 vs 0.937 (benchmarks/pooling.py). PatchCore
+    # stays at max here (0.935; top 0.1 % 0.935, top 1 % 0.939: not yet re-decided).
     "padim": {"score_method": "top_mean", "pixel_threshold_percentile": 99.99},
     "fusion": {"score_method": "top_mean", "pixel_threshold_percentile": 99.99},
 }

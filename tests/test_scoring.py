@@ -55,3 +55,17 @@ def test_image_scores_mean_max_smoothed():
     # Smoothing suppresses an isolated pixel more than a region: the ranking flips.
     assert s["smoothed_max"][1] > s["smoothed_max"][0]
     assert smooth_maps(maps, 0).dtype == np.float32
+
+
+def test_top_mean_pools_the_highest_share_of_each_images_own_pixels():
+    from model.scoring import image_scores, top_mean
+
+    maps = np.zeros((2, 40, 50), np.float32)
+    maps[0, :2, :] = 10.0  # 100 of 2,000 pixels: the top 0.1 % (2 pixels) are all 10
+    maps[1, 0, 0] = 8.0  # one hot pixel: the top 2 average it with a 0
+    assert top_mean(np.arange(10.0)) == 9.0  # at least one value
+    s = image_scores(maps, 1.0)["top_mean"]
+    np.testing.assert_allclose(s, [10.0, 4.0])
+    valid = np.ones_like(maps, bool)
+    valid[:, :2, :] = False  # padding where image 0's high values lie: left out
+    assert image_scores(maps, 1.0, valid)["top_mean"][0] == 0.0
