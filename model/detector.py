@@ -35,6 +35,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def save_json_atomic(obj: Any, path: Path) -> None:
+    """JSON to a temporary file in the same folder, then rename: readers see the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
 def save_torch_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves half a weights file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -149,8 +157,5 @@ class Detector(ABC):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(directory)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".detector-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.metadata(), fh, indent=2)
-        os.replace(tmp, directory / METADATA_FILE)
+        save_json_atomic(self.metadata(), directory / METADATA_FILE)
         return directory

@@ -14,8 +14,6 @@ member, each a complete saved detector of its own family.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from model.config import FusionConfig
-from model.detector import METADATA_FILE, Detector, ProgressFn
+from model.detector import METADATA_FILE, Detector, ProgressFn, save_json_atomic
 
 STATS_FILE = "fusion.json"
 
@@ -52,16 +50,17 @@ class FusionDetector(Detector):
         images = self.set_frame(images)
         self._sync_frame()
         t0 = time.perf_counter()
-        records = []
         for m in self.members:
-            hist = m.fit(images, holdout, progress=progress)
-            records.append({"family": m.family, **(hist[-1] if hist else {})})
+            m.fit(images, holdout, progress=progress)
         self.standardise(images if holdout is None or len(holdout) == 0 else holdout)
-        self.history = [{"epoch": 1, "epochs": 1, "train_loss": 0.0, "val_loss": None, "seconds": time.perf_counter() - t0,
-                         "members": [r.get("family") for r in records], "member_stats": [list(s) for s in self.stats]}]
+        self._record(time.perf_counter() - t0)
         if progress:
             progress(self.history[-1])
         return self.history
+
+    def _record(self, seconds: float) -> None:
+        self.history = [{"epoch": 1, "epochs": 1, "train_loss": 0.0, "val_loss": None, "seconds": seconds,
+                         "members": [m.family for m in self.members], "member_stats": [list(s) for s in self.stats]}]
 
     def standardise(self, normals: np.ndarray) -> None:
         """Each member's map statistics on good images (fitted members: no refit)."""
@@ -82,8 +81,7 @@ class FusionDetector(Detector):
         det = cls(config, members, score_method=score_method, seed=seed)
         det.frame, det.keep_aspect = members[0].frame, members[0].keep_aspect
         det.standardise(normals)
-        det.history = [{"epoch": 1, "epochs": 1, "train_loss": 0.0, "val_loss": None, "seconds": 0.0,
-                        "members": [m.family for m in members], "member_stats": [list(s) for s in det.stats]}]
+        det._record(0.0)
         return det
 
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
@@ -110,10 +108,7 @@ class FusionDetector(Detector):
         self._sync_frame()
         for i, m in enumerate(self.members):
             m.save(directory / f"member_{i}")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fusion-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"members": [m.family for m in self.members], "stats": [list(s) for s in self.stats]}, fh, indent=2)
-        os.replace(tmp, directory / STATS_FILE)
+        save_json_atomic({"members": [m.family for m in self.members], "stats": [list(s) for s in self.stats]}, directory / STATS_FILE)
 
     def _load_weights(self, directory: Path) -> None:
         """Reads the member list and statistics; model.registry.load_detector loads the member
