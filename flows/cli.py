@@ -34,6 +34,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=d.keep_aspect,
                    help="long side from the training images' median aspect ratio, images letterboxed, never squashed "
                         "(default); --no-keep-aspect squashes every image to a square")
+    p.add_argument("--screen", action=argparse.BooleanOptionalAction, default=d.screen_training_set,
+                   help="cross-fit a fast PatchCore over train/good and report images that look defective (default on; "
+                        "validation.json, tag anomaflow.train_suspects)")
+    p.add_argument("--exclude-suspects", action="store_true", default=d.exclude_suspects,
+                   help="leave the screen's suspects out of fitting and calibration")
     p.add_argument("--epochs", type=int, default=a.epochs)
     p.add_argument("--batch-size", type=int, default=a.batch_size)
     p.add_argument("--lr", type=float, default=a.learning_rate)
@@ -91,6 +96,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         padim=PadimConfig(**family("padim")),
         auto_budget_seconds=args.auto_budget,
         keep_aspect=args.keep_aspect,
+        screen_training_set=args.screen,
+        exclude_suspects=args.exclude_suspects,
         threshold_method=args.threshold_method or ("recall" if args.target_recall is not None else TrainConfig().threshold_method),
         threshold_percentile=args.threshold_percentile,
         target_fpr=args.target_fpr,

@@ -15,7 +15,7 @@ from tasks.evaluation import evaluate
 from tasks.reporting import publish_summary
 from tasks.scoring import score_images
 from tasks import tracking
-from tasks.training import TrainedModel, check_on_synthetic_defects, choose_detector, load_images, train_model
+from tasks.training import TrainedModel, check_on_synthetic_defects, choose_detector, load_images, screen_training_set, train_model
 from tasks.validation import validate_dataset
 
 
@@ -56,6 +56,7 @@ def train_pipeline(
                                          config.params() if config.detector != "auto" else {}, (ds.category, fingerprint, ds.root / ds.category))
         try:
             arrays = load_images(validated.dataset, config)
+            arrays, screened = screen_training_set(config, arrays) if config.screen_training_set else (arrays, None)
             selection = choose_detector(config, arrays) if config.detector == "auto" else None
             if selection is not None:  # from here on the run is the chosen candidate's, already fitted
                 config = selection.config
@@ -82,6 +83,8 @@ def train_pipeline(
                 write_json({"chosen": selection.chosen, "candidates": selection.rows}, work / "selection.json")
             if warning:
                 metrics["warning"] = warning
+            if screened is not None:
+                metrics.update(train_suspects=len(screened.suspects), train_excluded=len(screened.excluded))
             model_dir = trained.detector.save(work / "model")
             write_json(trained.history, work / "history.json")
             write_json(config.model_dump(mode="json"), work / "config.json")
@@ -103,6 +106,7 @@ def train_pipeline(
                     **({"anomaflow.auto_choice": f"{selection.chosen} of {', '.join(r['name'] for r in selection.rows)}"} if selection else {}),
                     **({"anomaflow.warning": warning} if warning else {}),
                     **({"anomaflow.curation": validated.curation} if validated.curation else {}),
+                    **({"anomaflow.train_suspects": screened.summary()[:5000]} if screened else {}),
                 },
                 figures={**(evaluated.figures if evaluated else {}), "dataset_samples": validated.sample_grid},
                 tables={
@@ -110,7 +114,8 @@ def train_pipeline(
                     "per_image_scores": evaluated.evaluation.per_image if evaluated else [],
                 },
                 checkpoints={"final": p for p in [model_dir / "weights.pt"] if p.exists()},
-                files={"validation": write_json(validated.report.to_dict(), work / "validation.json"), "history": work / "history.json",
+                files={"validation": write_json({**validated.report.to_dict(), "training_screen": screened.to_dict() if screened else None},
+                                                work / "validation.json"), "history": work / "history.json",
                        "config": work / "config.json", **split_file,
                        **({"selection": work / "selection.json"} if selection else {})},
             )

@@ -175,6 +175,10 @@ class TrainConfig(BaseModel):
         True, description="frame = image_size on the short side x the training images' median aspect ratio, images letterboxed, never squashed; False = square"
     )
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="train/good share held out for calibration")
+    screen_training_set: bool = Field(
+        True, description="cross-fit a fast PatchCore over train/good and report images that look defective (model.screen)")
+    exclude_suspects: bool = Field(False, description="leave the screen's suspects out of fitting and calibration (needs the screen)")
+    screen_folds: int = Field(2, ge=2, le=10, description="folds of the training-set screen's cross-fit")
     gate_fraction: float = Field(
         0.3, ge=0, lt=1, description="test share set aside for the promotion gate (seeded, stratified); reported metrics come from the rest"
     )
@@ -202,6 +206,8 @@ class TrainConfig(BaseModel):
         for key, value in FAMILY_DEFAULTS[self.detector].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.exclude_suspects and not self.screen_training_set:
+            raise ValueError("exclude_suspects needs the training-set screen (screen_training_set)")
         if self.detector == "fusion" and len({getattr(self, m).image_size for m in self.fusion.members}) > 1:
             raise ValueError("fusion members need one image_size: " + ", ".join(f"{m} {getattr(self, m).image_size}" for m in self.fusion.members))
         return self
@@ -210,6 +216,11 @@ class TrainConfig(BaseModel):
         """This config run as `family` with that family's decision settings (auto's candidates
         each decide as their family does; so a run reloaded from its params chooses the same)."""
         return self.model_copy(update={"detector": family, **FAMILY_DEFAULTS[family], **update})
+
+    def screen_config(self) -> "TrainConfig":
+        """The detector the training-set screen cross-fits: this run's PatchCore settings in this
+        run's frame (the fastest family to fit; it only has to rank images, not decide)."""
+        return self.for_family("patchcore", patchcore=self.patchcore.model_copy(update={"image_size": self.image_size}))
 
     def families_used(self) -> tuple[str, ...]:
         """The family sections this run reads (auto: its candidates' families)."""

@@ -6,6 +6,7 @@ one-to-one and a notebook can call it directly. No step reads test labels before
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -25,6 +26,7 @@ from model.config import TrainConfig
 from model.demo import make_demo_dataset
 from model.detector import Detector, ScoreResult
 from model.registry import build_detector
+from model.screen import Screen, cross_fit
 from model.evaluation import Evaluation, evaluate
 
 DEMO_CATEGORY = "demo"
@@ -100,6 +102,39 @@ class Arrays:
                       self.holdout_samples, [self.test_samples[i] for i in idx], in_gate[idx],
                       self.holdout_valid, None if self.test_valid is None else self.test_valid[idx], self.preprocessing)
         return part, idx
+
+
+def screen_training_set(config: TrainConfig, arrays: Arrays, log: Callable[[str], None] = print) -> Screen:
+    """Cross-fitted screen of every train/good image (fit and held-out part) for likely defects."""
+    prep = arrays.preprocessing
+    if prep is None:
+        raise ValueError("these arrays do not say how they were prepared (Arrays.preprocessing): load them with load_arrays")
+    samples = [*arrays.fit_samples, *arrays.holdout_samples]
+    valid = prep.valid(samples)
+    build, cfg = builder(arrays), config.screen_config()
+    paths = [os.path.abspath(s.path) for s in samples]
+    folder = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    names = [data.display_path(os.path.relpath(p, folder)) for p in paths]  # short names; the folder is reported once
+    torch.manual_seed(config.seed)
+    found = cross_fit(np.concatenate([arrays.fit, arrays.holdout]), names, lambda: build(cfg),
+                      valid=valid, folds=config.screen_folds, seed=config.seed, log=log)
+    return dataclasses.replace(found, folder=data.display_path(folder))
+
+
+def without_suspects(arrays: Arrays, found: Screen) -> tuple[Arrays, Screen]:
+    """These arrays with the screen's suspects left out of the fit and held-out parts (the frame
+    stays the one read from all training images), and the screen saying what was left out."""
+    n_fit = len(arrays.fit)
+    out = set(found.suspects)
+    keep_fit = np.array([i for i in range(n_fit) if i not in out], int)
+    keep_hold = np.array([i for i in range(len(arrays.holdout)) if i + n_fit not in out], int)
+    if len(keep_fit) == 0:
+        raise ValueError("the training-set screen flagged every fit image; nothing left to train on")
+    part = dataclasses.replace(
+        arrays, fit=arrays.fit[keep_fit], holdout=arrays.holdout[keep_hold],
+        fit_samples=[arrays.fit_samples[i] for i in keep_fit], holdout_samples=[arrays.holdout_samples[i] for i in keep_hold],
+        holdout_valid=None if arrays.holdout_valid is None else arrays.holdout_valid[keep_hold])
+    return part, dataclasses.replace(found, excluded=[found.names[i] for i in found.suspects])
 
 
 def take(result: ScoreResult, idx: np.ndarray) -> ScoreResult:

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from model import data, pipeline
 from model.config import TrainConfig
 from model.detector import Detector
+from model.screen import Screen
 from model.selection import Selection, SyntheticCheck, near_chance_warning, select, synthetic_check
 from tasks import tracking
 
@@ -29,6 +30,20 @@ class TrainedModel:
 def load_images(dataset: data.Dataset, config: TrainConfig) -> pipeline.Arrays:
     log = get_run_logger()
     return pipeline.load_arrays(dataset, config, log=log.info)
+
+
+@task(name="screen_training_set", cache_policy=NO_CACHE)
+def screen_training_set(config: TrainConfig, arrays: pipeline.Arrays) -> tuple[pipeline.Arrays, Screen]:
+    """Cross-fitted screen of train/good; with exclude_suspects the suspects leave fit and holdout."""
+    log = get_run_logger()
+    pipeline.configure_threads(config.num_threads)
+    found = pipeline.screen_training_set(config, arrays, log=log.info)
+    (log.warning if found.suspects else log.info)("%s", found.summary())
+    if config.exclude_suspects and found.suspects:
+        arrays, found = pipeline.without_suspects(arrays, found)
+        log.warning("left %d suspects out of training and calibration (--exclude-suspects): %d fit, %d held-out images remain",
+                    len(found.excluded), len(arrays.fit), len(arrays.holdout))
+    return arrays, found
 
 
 @task(name="train_model", cache_policy=NO_CACHE)
