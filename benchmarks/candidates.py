@@ -82,7 +82,21 @@ def report(runs: list[dict], title: str) -> str:
                          f"| {mean('seconds'):.0f} | {picked}/{len(seeds)} |")
         auto = float(np.mean([next(r["test_image_auroc"] for r in mine if r["seed"] == s and r["name"] == picks[s]) for s in seeds]))
         lines.append(f"| {ds} | **auto's pick** | | {auto:.4f} | | | |")
+        rho = [spearman([r for r in mine if r["seed"] == s]) for s in seeds]
+        lines.append(f"| {ds} | **Spearman syn vs test** (per seed) | {', '.join('n/a' if np.isnan(x) else f'{x:+.2f}' for x in rho)} | | | | |")
     return emit(lines)
+
+
+def spearman(rows: list[dict]) -> float:
+    """Rank correlation of synthetic and test image AUROC over one seed's candidates: whether the
+    synthetic defects order candidates as real ones do (nan: fewer than 3 candidates, or a
+    constant column, e.g. every candidate at test AUROC 1.0)."""
+    from scipy.stats import spearmanr
+
+    pairs = [(r["syn_image_auroc"], r["test_image_auroc"]) for r in rows if r.get("syn_image_auroc") is not None]
+    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+        return float("nan")
+    return float(spearmanr(*zip(*pairs)).statistic)
 
 
 def main(argv: list[str] | None = None) -> int:

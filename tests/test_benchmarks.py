@@ -73,3 +73,26 @@ def test_calibration_benchmark_table_reads_back_from_its_stored_result(capsys):
     assert bench.main(["--from-json", str(REPO / "benchmarks" / "results" / "calibration-patchcore.json")]) == 0
     out = capsys.readouterr().out
     assert "| tail 0.01 |" in out and "| percentile 99 (default before) |" in out
+
+
+def test_screen_benchmark_moves_planted_defects_out_of_the_test_split(demo_root, tmp_path, capsys):
+    import hashlib
+
+    bench = load_script("screen")
+    work, names = bench.contaminated_copy(demo_root, "demo", 4, 0, tmp_path / "copy")
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    train = {digest(p) for p in (work / "demo" / "train" / "good").iterdir()}
+    test = [p for p in (work / "demo" / "test").glob("*/*")]
+    original = [p for p in (demo_root / "demo" / "test").glob("*/*")]
+    assert len(names) == 4 and len(test) == len(original) - 4
+    assert not train & {digest(p) for p in test}  # a planted defect is never also a test image
+    for p in test:  # every remaining defect keeps its mask
+        assert p.parent.name == "good" or (work / "demo" / "ground_truth" / p.parent.name / f"{p.stem}_mask.png").is_file()
+    out = tmp_path / "screen.json"
+    assert bench.main(["--data", str(demo_root), "--category", "demo", "--planted", "0", "3", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["planted"] for r in rows] == [0, 3] and rows[1]["good_images"] == rows[0]["good_images"] + 3
+    assert all(0 <= r["flagged_planted"] <= r["planted"] for r in rows)
+    printed = capsys.readouterr().out
+    assert bench.main(["--from-json", str(out)]) == 0
+    assert capsys.readouterr().out.strip() in printed  # the stored table is the printed one

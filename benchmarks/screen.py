@@ -1,0 +1,122 @@
+"""Training-set screen on a good folder with real defects filed as good.
+
+    .venv/bin/python benchmarks/screen.py [--data ../shared/data/mvtec_ad --category bottle] \
+        [--planted 0 10 20] [--seed 0] [--threads 2] [--json out/screen.json]
+
+Per row: a copy of the category (hard links where the file system allows) whose train/good also
+holds N of its test defects (seeded, spread over the defect types; the test split keeps the rest).
+The screen (model.screen, the training flow's default) runs on train/good; then the default
+PatchCore is fitted, calibrated on its held-out part and evaluated on the rest of the test split,
+once on everything in train/good and once with the screen's suspects left out (--exclude-suspects).
+Printed: planted defects flagged, good images flagged, screen seconds, and image AUROC / calibrated
+recall / test FPR of both fits. The z limit is fixed in model.screen, not tuned on these rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import emit  # noqa: E402
+from model.curation import _link_or_copy  # noqa: E402  (hard link, or a copy across file systems)
+
+
+def contaminated_copy(root: Path, category: str, planted: int, seed: int, work: Path) -> tuple[Path, list[str]]:
+    """root/category copied under work with `planted` test defects moved into train/good."""
+    src, dst = root / category, work / category
+    for p in sorted((src / "train" / "good").iterdir()):
+        _link_or_copy(p, dst / "train" / "good" / p.name)
+    defects = sorted(p for p in (src / "test").glob("*/*") if p.parent.name != "good" and p.is_file())
+    rng = np.random.default_rng([seed, planted])
+    chosen = set(rng.choice(len(defects), size=planted, replace=False).tolist()) if planted else set()
+    names = []
+    for i, p in enumerate(defects):
+        if i in chosen:
+            name = f"planted_{p.parent.name}_{p.stem}{p.suffix}"
+            _link_or_copy(p, dst / "train" / "good" / name)
+            names.append(name)
+        else:
+            _link_or_copy(p, dst / "test" / p.parent.name / p.name)
+            mask = src / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
+            if mask.is_file():
+                _link_or_copy(mask, dst / "ground_truth" / p.parent.name / mask.name)
+    for p in sorted((src / "test" / "good").iterdir()):
+        _link_or_copy(p, dst / "test" / "good" / p.name)
+    return work, names
+
+
+def fit_and_evaluate(cfg, arrays) -> dict[str, float]:
+    from model import pipeline
+
+    det, _, fit_s = pipeline.fit_detector(cfg, arrays, progress=None)
+    pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout, arrays.holdout_valid))
+    ev = pipeline.evaluate_split(det, arrays, det.score(arrays.test, arrays.test_valid), cfg.score_method)
+    return {"image_auroc": ev.metrics["image_auroc"], "recall": ev.metrics["recall"],
+            "fpr": ev.metrics["false_positive_rate"], "fit_s": fit_s}
+
+
+def run(root: Path, category: str, planted: int, seed: int, threads: int | None) -> dict:
+    from model import pipeline
+    from model.config import TrainConfig
+
+    pipeline.configure_threads(threads)
+    with tempfile.TemporaryDirectory(dir=REPO / ".anomaflow") as tmp:
+        work, names = contaminated_copy(root, category, planted, seed, Path(tmp))
+        cfg = TrainConfig(data_root=str(work), category=category, detector="patchcore", seed=seed, num_threads=threads)  # fresh copies: no cache
+        arrays = pipeline.load_arrays(pipeline.load_dataset(work, category), cfg, log=lambda m: None)
+        found = pipeline.screen_training_set(cfg, arrays, log=lambda m: print(f"[{planted}] {m}", flush=True))
+        flagged = [found.names[i] for i in found.suspects]
+        row = {"planted": planted, "good_images": len(found.names), "flagged_planted": sum(n in names for n in flagged),
+               "flagged_good": sum(n not in names for n in flagged), "screen_s": found.seconds,
+               "all": fit_and_evaluate(cfg, arrays)}
+        row["excluded"] = fit_and_evaluate(cfg, pipeline.without_suspects(arrays, found)[0]) if found.suspects else row["all"]
+    print(f"[{planted}] {json.dumps(row)}", flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| planted defects | flagged planted | flagged good | screen s | all: AUROC / recall / FPR | excluded: AUROC / recall / FPR |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        a, e = r["all"], r["excluded"]
+        lines.append(f"| {r['planted']} of {r['good_images']} | {r['flagged_planted']} | {r['flagged_good']} | {r['screen_s']:.1f} | "
+                     f"{a['image_auroc']:.3f} / {a['recall']:.3f} / {a['fpr']:.3f} | {e['image_auroc']:.3f} / {e['recall']:.3f} / {e['fpr']:.3f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mvtec_ad")
+    ap.add_argument("--category", default="bottle")
+    ap.add_argument("--planted", nargs="+", type=int, default=[0, 10, 20])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None, help="print the table of an earlier --json output")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        emit(table(json.loads(args.from_json.read_text())["rows"]))
+        return 0
+    if not (args.data / args.category).is_dir():
+        sys.exit(f"no dataset at {args.data / args.category}")
+    (REPO / ".anomaflow").mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    rows = [run(args.data, args.category, n, args.seed, args.threads) for n in args.planted]
+    emit(table(rows))
+    print(f"\n{time.perf_counter() - t0:.0f}s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
