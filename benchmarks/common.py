@@ -45,6 +45,15 @@ def seeded_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def save_rows(path: Path | None, rows: list[dict]) -> None:
+    """Store the rows with the command that made them, for `--from-json` to print the same table."""
+    import sys
+
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+
+
 def emit(lines: list[str]) -> str:
     """Print a markdown table (after a blank line) and return its text."""
     text = "\n".join(lines)

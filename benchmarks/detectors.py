@@ -68,6 +68,7 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         selection = select(cfg, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), cfg.auto_budget_seconds,
                            log=lambda m: print(f"[auto] {m}", flush=True))
+        selection, arrays = pipeline.choose_frame(cfg, ds, arrays, selection, None, log=lambda m: print(f"[auto] {m}", flush=True))
         det, history, fit_s = selection.detector, selection.history, time.perf_counter() - t0
         cfg = selection.config
     else:

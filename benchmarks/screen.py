@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit  # noqa: E402
+from benchmarks.common import emit, save_rows  # noqa: E402
 from model.curation import _link_or_copy  # noqa: E402  (hard link, or a copy across file systems)
 
 
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run(args.data, args.category, n, args.seed, args.threads) for n in args.planted]
     emit(table(rows))
     print(f"\n{time.perf_counter() - t0:.0f}s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    save_rows(args.json, rows)
     return 0
 
 

@@ -57,7 +57,7 @@ def train_pipeline(
         try:
             arrays = load_images(validated.dataset, config)
             arrays, screened = screen_training_set(config, arrays) if config.screen_training_set else (arrays, None)
-            selection = choose_detector(config, arrays) if config.detector == "auto" else None
+            selection, arrays = choose_detector(config, arrays, validated.dataset, screened) if config.detector == "auto" else (None, arrays)
             if selection is not None:  # from here on the run is the chosen candidate's, already fitted
                 config = selection.config
                 trained = TrainedModel(selection.detector, selection.history, selection.fit_seconds)

@@ -27,6 +27,7 @@ from model.demo import make_demo_dataset
 from model.detector import Detector, ScoreResult
 from model.registry import build_detector
 from model.screen import Screen, cross_fit
+from model.selection import Selection, frame_alternative
 from model.evaluation import Evaluation, evaluate
 
 DEMO_CATEGORY = "demo"
@@ -135,6 +136,32 @@ def without_suspects(arrays: Arrays, found: Screen) -> tuple[Arrays, Screen]:
         fit_samples=[arrays.fit_samples[i] for i in keep_fit], holdout_samples=[arrays.holdout_samples[i] for i in keep_hold],
         holdout_valid=None if arrays.holdout_valid is None else arrays.holdout_valid[keep_hold])
     return part, dataclasses.replace(found, excluded=[found.names[i] for i in found.suspects])
+
+
+def frames_differ(arrays: Arrays) -> bool:
+    """Whether squashing to a square would prepare these training images differently from their
+    aspect-keeping frame (a frame that is not square, or images padded in it)."""
+    if arrays.fit.shape[1] != arrays.fit.shape[2]:
+        return True
+    prep = arrays.preprocessing
+    valid = [] if prep is None else [v for v in (prep.valid(arrays.fit_samples), arrays.holdout_valid) if v is not None]
+    return any(not v.all() for v in valid)
+
+
+def choose_frame(config: TrainConfig, ds: data.Dataset, arrays: Arrays, chosen: Selection, screened: Screen | None,
+                 log: Callable[[str], None] = print) -> tuple[Selection, Arrays]:
+    """auto's frame policy (model.selection.frame_alternative): for training images of other shapes
+    than one square, the chosen candidate is also tried on squashed images; returns the selection
+    and the arrays the run goes on with (the square ones when that frame won)."""
+    if not (config.keep_aspect and frames_differ(arrays)):
+        return chosen, arrays
+    spent = sum(r.get("seconds", 0.0) for r in chosen.rows)
+    square_cfg = config.model_copy(update={"keep_aspect": False})
+    square = load_arrays(ds, square_cfg, log=log)
+    if screened is not None and screened.excluded:  # the same images left out as in the kept frame
+        square, _ = without_suspects(square, screened)
+    result = frame_alternative(chosen, square.fit, square.holdout, builder(square), config.auto_budget_seconds - spent, log=log)
+    return (result, square) if not result.config.keep_aspect else (result, arrays)
 
 
 def take(result: ScoreResult, idx: np.ndarray) -> ScoreResult:

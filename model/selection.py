@@ -194,6 +194,13 @@ def auroc_lead(a: SyntheticCheck, b: SyntheticCheck, seed: int = 0, n_boot: int 
     return float(lead), float(boot.std(ddof=1))
 
 
+def clear_lead(a: SyntheticCheck, b: SyntheticCheck, seed: int = 0) -> tuple[bool, float, float]:
+    """(whether a should replace b, a's lead, its standard error): a must be usable (not near
+    chance) and lead by more than TIE and LEAD_SE bootstrap standard errors."""
+    lead, se = auroc_lead(a, b, seed)
+    return a.metrics.get("syn_image_auroc", 0.0) >= NEAR_CHANCE and lead > max(TIE, LEAD_SE * se), lead, se
+
+
 def pick(rows: list[dict[str, Any]], checks: dict[str, SyntheticCheck], seed: int = 0) -> str | None:
     """The candidate to keep among scored rows in candidate order (None: none scored). A later
     candidate replaces the best so far only when it is usable (not near chance) and its lead is
@@ -214,6 +221,42 @@ def pick(rows: list[dict[str, Any]], checks: dict[str, SyntheticCheck], seed: in
         if better:
             best = row
     return None if best is None else best["name"]
+
+
+def frame_alternative(chosen: Selection, square_fit: np.ndarray, square_holdout: np.ndarray, build: Callable[[TrainConfig], Detector],
+                      budget_left: float, log: Callable[[str], None] = print) -> Selection:
+    """The frame policy for images that are not all one square shape: the chosen candidate fitted
+    again on the same images squashed to a square (`keep_aspect=False`) and scored on the same
+    synthetic defects of the same held-out normals. The aspect-keeping frame stays (the default:
+    it keeps thin defects thin) unless the square one leads clearly by the rule of `pick` (more
+    than TIE and LEAD_SE bootstrap standard errors, the pair unit being the held-out image). A
+    near-chance square fit is never chosen. Returns the selection, with a row for the square try."""
+    name = f"{chosen.chosen}_square"
+    base_row = next(r for r in chosen.rows if r["name"] == chosen.chosen)
+    if base_row["seconds"] > budget_left:
+        chosen.rows.append({"name": name, "status": f"skipped: over the auto budget ({budget_left:.0f} s left)", "seconds": 0.0})
+        log(f"auto: {name} skipped (time budget)")
+        return chosen
+    cfg = chosen.config.model_copy(update={"keep_aspect": False})
+    t0 = time.perf_counter()
+    det, history = fit_candidate(chosen.chosen, cfg, build, square_fit, square_holdout, {})
+    fit_s = time.perf_counter() - t0
+    check = synthetic_check(det, square_holdout, None, cfg.seed)
+    row = {"name": name, "family": cfg.detector, "frame": "square", **check.metrics, "fit_seconds": fit_s,
+           "seconds": time.perf_counter() - t0, "status": "scored", "chosen": False}
+    if check.normal_scores is None or chosen.synthetic.normal_scores is None or len(check.normal_scores) != len(chosen.synthetic.normal_scores):
+        chosen.rows.append({**row, "status": "scored; not comparable (held-out counts differ)"})
+        return chosen
+    better, lead, se = clear_lead(check, chosen.synthetic, cfg.seed)
+    row.update(lead_over=chosen.chosen, lead=lead, lead_se=se)
+    log(f"auto: {name} synthetic image AUROC {row.get('syn_image_auroc', float('nan')):.4f}, lead over the kept frame "
+        f"{lead:+.4f} ± {se:.4f} ({row['seconds']:.1f} s): {'square frame chosen' if better else 'frame kept'}")
+    chosen.rows.append(row)
+    if not better:
+        return chosen
+    for r in chosen.rows:
+        r["chosen"] = r["name"] == name
+    return Selection(name, cfg, chosen.rows, "", det, check, history, fit_s)  # not near chance: no warning
 
 
 def select(

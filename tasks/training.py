@@ -38,10 +38,13 @@ def screen_training_set(config: TrainConfig, arrays: pipeline.Arrays) -> tuple[p
     log = get_run_logger()
     pipeline.configure_threads(config.num_threads)
     found = pipeline.screen_training_set(config, arrays, log=log.info)
-    (log.warning if found.suspects else log.info)("%s", found.summary())
+    # INFO, not WARNING: a z > 3.5 screen flags a few good images on most sets (3-5 of Bottle's 209), and the
+    # report sits in validation.json and the MLflow tag; leaving them out is the user's call (--exclude-suspects).
+    hint = "" if config.exclude_suspects or not found.suspects else " (report only; --exclude-suspects leaves them out)"
+    log.info("%s%s", found.summary(), hint)
     if config.exclude_suspects and found.suspects:
         arrays, found = pipeline.without_suspects(arrays, found)
-        log.warning("left %d suspects out of training and calibration (--exclude-suspects): %d fit, %d held-out images remain",
+        log.info("left %d suspects out of training and calibration (--exclude-suspects): %d fit, %d held-out images remain",
                     len(found.excluded), len(arrays.fit), len(arrays.holdout))
     return arrays, found
 
@@ -74,15 +77,18 @@ def train_model(config: TrainConfig, arrays: pipeline.Arrays, run_id: str | None
 
 
 @task(name="choose_detector", cache_policy=NO_CACHE)
-def choose_detector(config: TrainConfig, arrays: pipeline.Arrays) -> Selection:
-    """--detector auto: candidates scored on synthetic defects in held-out normals (never the test split)."""
+def choose_detector(config: TrainConfig, arrays: pipeline.Arrays, dataset: data.Dataset,
+                    screened: Screen | None = None) -> tuple[Selection, pipeline.Arrays]:
+    """--detector auto: candidates scored on synthetic defects in held-out normals (never the test
+    split), then the frame policy; returns the choice and the arrays (frame) the run goes on with."""
     log = get_run_logger()
     pipeline.configure_threads(config.num_threads)
     choice = select(config, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), config.auto_budget_seconds, log=log.info)
+    choice, arrays = pipeline.choose_frame(config, dataset, arrays, choice, screened, log=log.info)
     log.info("auto: chose %s (%s)", choice.chosen, ", ".join(f"{r['name']} {r.get('syn_image_auroc', float('nan')):.4f}" for r in choice.rows))
     if choice.warning:
         log.warning("%s", choice.warning)
-    return choice
+    return choice, arrays
 
 
 @task(name="check_on_synthetic_defects", cache_policy=NO_CACHE)

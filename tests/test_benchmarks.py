@@ -96,3 +96,14 @@ def test_screen_benchmark_moves_planted_defects_out_of_the_test_split(demo_root,
     printed = capsys.readouterr().out
     assert bench.main(["--from-json", str(out)]) == 0
     assert capsys.readouterr().out.strip() in printed  # the stored table is the printed one
+
+
+def test_stored_frame_policy_result_prints_and_never_falls_below_squashing(capsys):
+    """The docs' frame table comes from the stored JSON; the policy's target holds on every row of it."""
+    bench = load_script("frames")
+    stored = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "frames-seed0.json"
+    assert bench.main(["--from-json", str(stored)]) == 0
+    assert "| bottle_mixed |" in capsys.readouterr().out
+    for row in json.loads(stored.read_text())["rows"]:
+        assert row["auto_frame"] in ("keep", "square")
+        assert row[row["auto_frame"]]["test_image_auroc"] >= row["square"]["test_image_auroc"] - 0.005, row["dataset"]

@@ -94,11 +94,14 @@ def _train(cfg: TrainConfig, ds):
     arrays = pipeline.load_arrays(ds, cfg, log=lambda m: None)
     if cfg.detector == "auto":
         choice = select(cfg, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), cfg.auto_budget_seconds, log=lambda m: None)
+        if cfg.keep_aspect:  # mixed shapes: the frame policy tries the chosen candidate squashed too
+            choice, arrays = pipeline.choose_frame(cfg, ds, arrays, choice, None, log=lambda m: None)
+            assert any(r["name"].endswith("_square") and r["status"] == "scored" for r in choice.rows)
         det, cfg = choice.detector, choice.config
     else:
         det, _, _ = pipeline.fit_detector(cfg, arrays)
     pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout, arrays.holdout_valid))
-    return det, arrays, det.score(arrays.test, arrays.test_valid)
+    return det, arrays, det.score(arrays.test, arrays.test_valid), cfg
 
 
 @pytest.mark.slow
@@ -110,7 +113,8 @@ def test_training_scores_equal_inspection_and_served_model(mixed_roots, tmp_path
 
     cfg = _config(mixed_roots[colour], family, keep_aspect, size)
     ds = pipeline.load_dataset(mixed_roots[colour], "tiles")
-    det, arrays, trained = _train(cfg, ds)
+    det, arrays, trained, cfg = _train(cfg, ds)
+    keep_aspect = cfg.keep_aspect  # auto's frame policy may have chosen the square frame
     assert det.keep_aspect == keep_aspect and det.preprocessing == arrays.preprocessing
     assert min(det.frame) == size
     if not keep_aspect:

@@ -95,3 +95,42 @@ def test_a_lead_the_held_out_count_cannot_support_keeps_the_default():
     r = rows(large)
     assert r[1]["syn_image_auroc"] - r[0]["syn_image_auroc"] > 0.02
     assert pick(r, large) == "b" and r[1]["lead"] > 2 * r[1]["lead_se"]
+
+
+class SquareOnly(Toy):
+    """Sees defects only in a square frame (as a detector might on squashed thin tiles)."""
+
+    def anomaly_maps(self, images):
+        if images.shape[1] != images.shape[2]:
+            return np.zeros(images.shape[:3], np.float32)
+        return super().anomaly_maps(images)
+
+
+def test_the_frame_policy_keeps_the_aspect_frame_unless_the_square_one_clearly_wins():
+    """auto's frame step (model.selection.frame_alternative): the same held-out images squashed to a
+    square, the chosen candidate fitted again; only a clear synthetic lead switches the frame."""
+    from model.selection import frame_alternative
+
+    base = TrainConfig(detector="auto", patchcore={"image_size": 32})
+    rng = np.random.default_rng(0)
+    tall = lambda n: np.clip(120 + rng.normal(0, 3, (n, 64, 32, 3)), 0, 255).astype(np.uint8)  # noqa: E731
+    fit, holdout = tall(20), tall(40)
+    sq_fit, sq_hold = fit[:, ::2], holdout[:, ::2]  # the same images squashed to 32x32
+    quiet = lambda m: None  # noqa: E731
+
+    seeing = select(base, fit, holdout, None, lambda c: Toy(c, blind=False), 600, log=quiet)
+    same = frame_alternative(seeing, sq_fit, sq_hold, lambda c: Toy(c, blind=False), 600, log=quiet)
+    assert same is seeing and same.config.keep_aspect and same.chosen == "fusion"  # a tie keeps the aspect frame
+    row = same.rows[-1]
+    assert row["name"] == "fusion_square" and row["status"] == "scored" and not row["chosen"] and "lead" in row
+
+    square_only = select(base, fit, holdout, None, lambda c: SquareOnly(c, blind=False), 600, log=quiet)
+    assert "near chance" in square_only.warning  # blind in the tall frame
+    switched = frame_alternative(square_only, sq_fit, sq_hold, lambda c: SquareOnly(c, blind=False), 600, log=quiet)
+    assert switched.chosen == "fusion_square" and switched.config.keep_aspect is False and switched.warning == ""
+    assert [r["name"] for r in switched.rows if r.get("chosen")] == ["fusion_square"]
+    assert switched.detector is not square_only.detector and switched.rows[-1]["lead"] > 0.3
+
+    broke = select(base, fit, holdout, None, lambda c: SquareOnly(c, blind=False), 600, log=quiet)
+    skipped = frame_alternative(broke, sq_fit, sq_hold, lambda c: SquareOnly(c, blind=False), 0.0, log=quiet)
+    assert skipped is broke and skipped.rows[-1]["status"].startswith("skipped")
