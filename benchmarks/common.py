@@ -45,6 +45,18 @@ def seeded_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def category_parser(doc: str | None) -> argparse.ArgumentParser:
+    """--data/--category (default: MVTec AD Bottle in ../shared), --threads 2, --json (write the
+    rows) and --from-json (run nothing, print the stored table): one category, one seed."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mvtec_ad")
+    ap.add_argument("--category", default="bottle")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None, help="print the table of an earlier --json output")
+    return ap
+
+
 def save_rows(path: Path | None, rows: list[dict]) -> None:
     """Store the rows with the command that made them, for `--from-json` to print the same table."""
     import sys

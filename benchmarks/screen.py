@@ -13,7 +13,6 @@ recall / test FPR of both fits. The z limit is fixed in model.screen, not tuned 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, save_rows  # noqa: E402
+from benchmarks.common import category_parser, emit, save_rows  # noqa: E402
 from model.curation import _link_or_copy  # noqa: E402  (hard link, or a copy across file systems)
 
 
@@ -93,14 +92,9 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mvtec_ad")
-    ap.add_argument("--category", default="bottle")
+    ap = category_parser(__doc__)
     ap.add_argument("--planted", nargs="+", type=int, default=[0, 10, 20])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, default=None, help="print the table of an earlier --json output")
     args = ap.parse_args(argv)
     if args.from_json:
         emit(table(json.loads(args.from_json.read_text())["rows"]))

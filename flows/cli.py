@@ -9,8 +9,7 @@ import typing
 from pathlib import Path
 from typing import Sequence
 
-from model.config import AutoencoderConfig, TrainConfig
-from model.scoring import SCORE_METHODS
+from model.config import SCORE_METHODS, AutoencoderConfig, TrainConfig
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -150,11 +149,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from model.data import IMAGE_EXTENSIONS
+    from model.inspection import list_inbox
+
+    if not list_inbox(args.input):  # before Prefect, MLflow or a temporary server start: a typo fails in a second
+        raise FileNotFoundError(f"{args.input}: no images ({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}) in the folder")
+    from tasks.inspection import pick_runtime
+
+    pick_runtime(args.runtime)  # a runtime that is not installed fails here, before a server starts
     from flows.inspection import batch_inspection
 
     result = batch_inspection(
         input_dir=str(args.input), output_dir=str(args.output), model_name=args.model,
-        alias=args.alias, threshold=args.threshold, batch_size=args.batch_size,
+        alias=args.alias, threshold=args.threshold, batch_size=args.batch_size, runtime=args.runtime,
     )
     print(f"{args.model} v{result['model_version']}: NORMAL {result['NORMAL']}, DEFECT {result['DEFECT']}, "
           f"ERROR {result['ERROR']} ({result['duplicates']} of them duplicate content with a copied verdict; "
@@ -162,6 +169,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if "drift" in result:
         print(("WARNING: " if result["drift_flagged"] else "") + f"drift: {result['drift']}")
     print(f"review: anomaflow review --results {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tasks.export import export_registered
+
+    out = export_registered(args.model, args.format, args.output, log_to_registry=not args.no_log)
+    print(f"exported {out['model_name']} v{out['model_version']} ({out['family']}, threshold {out['threshold']:.6g}) as {out['format']} "
+          f"to {out['output']} in {out['seconds']:.1f}s" + (f"; logged to {out['logged_to']}" if out["logged_to"] else ""))
+    print(f"run it without torch: python -m model.runtime {out['output']} INPUT_DIR [--threshold X]")
     return 0
 
 
@@ -230,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion", help="registry alias to resolve (once per run)")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold for this run")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="score with torch, or with the model's exported graph (made once per version, same scores to 1e-4); "
+                        "auto (default): onnxruntime where anomaflow[export] is installed, else torch")
+    p = sub.add_parser("export", help="export a registered model as one ONNX / OpenVINO graph (threshold in its metadata)")
+    p.add_argument("--model", default="anomaflow-bottle", help="NAME, NAME@alias or NAME/version (a bare name: its champion)")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    p.add_argument("--output", required=True, type=Path, help="new or empty folder for the graph and anomaflow_export.json")
+    p.add_argument("--no-log", action="store_true", help="do not log the export to the model version in MLflow")
     p = sub.add_parser("review", help="review inspection verdicts in the browser and label them (labels in a database)")
     p.add_argument("--results", required=True, type=Path, nargs="+", help="one or more `anomaflow inspect` output folders")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
@@ -276,7 +301,7 @@ def quiet_temporary_prefect() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_temporary_prefect()
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "inspect": cmd_inspect, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv, "review": cmd_review,
+    handlers = {"train": cmd_train, "inspect": cmd_inspect, "export": cmd_export, "demo-data": cmd_demo_data, "import-elpv": cmd_import_elpv, "review": cmd_review,
                 "recalibrate": cmd_recalibrate}
     from model.data import DataError
 

@@ -9,7 +9,7 @@ hence the subflow.)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.states import Completed
@@ -42,6 +42,7 @@ def batch_inspection(
     dask_workers: int = 0,
     shard_size: int = 64,
     drift_limits: DriftLimits = DriftLimits(),
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto",
 ) -> dict[str, Any]:
     """Inspect every image under input_dir into output_dir/results.csv (one row per image and
     model version; reruns skip finished images). threshold overrides the model's own.
@@ -53,16 +54,22 @@ def batch_inspection(
 
     drift_limits: when this batch's scores or input statistics move past them (model.drift), the
     run ends in a Completed state named "Drift" with the reasons, and drift.json says so.
+
+    runtime: torch, or the model's exported graph under onnxruntime / OpenVINO (exported once per
+    version into ANOMAFLOW_HOME/exports; same scores to 1e-4); auto: onnxruntime where the export
+    extra is installed, else torch. Sharded runs score with torch.
     """
-    model = resolve_model(model_name, alias)
     address = resolve_dask_address(dask_address)
+    if runtime not in ("auto", "torch") and (address or dask_workers > 0):
+        raise ValueError(f"runtime {runtime!r} runs in this process only; sharded (Dask) inspection scores with torch")
+    model = resolve_model(model_name, alias)
     if address or dask_workers > 0:
         # Absolute paths: shard workers may run in another working directory.
         sharded = inspect_shards.with_options(task_runner=dask_task_runner(address, dask_workers))
         summary = sharded(model.ref(), str(Path(input_dir).resolve()), str(Path(output_dir).resolve()),
                           model.threshold(threshold), batch_size, shard_size)
     else:
-        summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size)
+        summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size, runtime)
     publish_inspection(model, summary, Path(output_dir), threshold, Path(input_dir))
     drift = check_drift(model, summary, Path(output_dir), threshold, drift_limits)
     result = {"model_version": model.version, **summary.counts(), "inspected": summary.inspected,

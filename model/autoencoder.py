@@ -161,15 +161,18 @@ class AutoencoderDetector(Detector):
             out = [self.net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         return (torch.cat(out).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
+    def map_tensor(self, x: torch.Tensor, exportable: bool = False) -> torch.Tensor:
+        """[0,1] images (N,3,H,W) -> smoothed residual maps (N,H,W); model.export traces this."""
+        m = residual_map(x, self.net(x), self.config.map_kind).unsqueeze(1)
+        return gaussian_blur(m, self.config.map_sigma).squeeze(1)
+
     def anomaly_maps(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         x = to_tensor(self.check_images(images))
         self.net.eval()
         maps = []
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
-                xb = x[i : i + batch_size]
-                m = residual_map(xb, self.net(xb), self.config.map_kind).unsqueeze(1)
-                maps.append(gaussian_blur(m, self.config.map_sigma).squeeze(1))
+                maps.append(self.map_tensor(x[i : i + batch_size]))
         if not maps:
             return np.zeros((0, *self.frame), np.float32)
         return torch.cat(maps).numpy().astype(np.float32, copy=False)

@@ -12,8 +12,9 @@ from typing import Literal
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
+from model.decision import DEFECT, NORMAL, decide  # noqa: F401 - the rule lives in model.decision
+
 ThresholdMethod = Literal["percentile", "fpr", "tail", "recall", "f1_max"]
-NORMAL, DEFECT = "NORMAL", "DEFECT"
 
 
 def _check_scores(scores: np.ndarray, what: str) -> np.ndarray:
@@ -144,12 +145,6 @@ def calibrate(
             raise ValueError("f1_max calibration needs labelled_scores and labels")
         return f1_max_threshold(labelled_scores, labels)
     raise ValueError(f"unknown threshold method {method!r}; expected percentile, fpr, tail, recall or f1_max")
-
-
-def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """NORMAL/DEFECT per score: DEFECT when score > threshold."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return np.where(scores > threshold, DEFECT, NORMAL)
 
 
 def pixel_threshold(normal_maps: np.ndarray, percentile: float = 99.5, valid: np.ndarray | None = None) -> float:

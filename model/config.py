@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from model.scoring import MapKind, ScoreMethod
+MapKind = Literal["l2", "l1", "ssim", "l2_ssim"]  # the autoencoder's residual (model.scoring)
+ScoreMethod = Literal["mean", "max", "smoothed_max", "top_mean"]  # image score pooled from a map (model.scoring)
+SCORE_METHODS: tuple[str, ...] = ("mean", "max", "smoothed_max", "top_mean")
 
 Loss = Literal["mse", "l1", "ssim_l1"]
 

@@ -68,7 +68,7 @@ from model.samples import (  # noqa: F401 - re-exported
     _is_image_name, _is_listed, _MASK_SUFFIX, MAX_PIXELS, ProgressFn, Sample, Size, _subdirs,
 )
 from model.decoding import (  # noqa: F401 - re-exported
-    _check_size, _image_display_size, load_framed, load_image, load_mask, _open_header, open_image,
+    _check_size, _image_display_size, load_framed, load_framed_decoded, load_image, load_mask, _open_header, open_image,
     open_mask,
 )
 from model.image_cache import ImageCache  # noqa: F401
@@ -90,6 +90,7 @@ __all__ = [
     "load_mask",
     "load_masks",
     "load_framed",
+    "load_framed_decoded",
     "image_sizes",
     "valid_masks",
     "mvtec_categories",

@@ -205,6 +205,14 @@ def load_image(path: str | Path, size: Size = None, data: bytes | None = None, k
 def load_framed(path: str | Path, size: int | tuple[int, int], data: bytes | None = None, keep_aspect: bool = True) -> tuple[np.ndarray, Box, tuple[int, int]]:
     """(array in the frame, the image's box in it, its displayed (width, height)): what inspection
     needs to score an image and map its heat map back onto it. The header is read once."""
+    arr, box, shown, _ = load_framed_decoded(path, size, data, keep_aspect)
+    return arr, box, shown
+
+
+def load_framed_decoded(path: str | Path, size: int | tuple[int, int], data: bytes | None = None,
+                        keep_aspect: bool = True) -> tuple[np.ndarray, Box, tuple[int, int], Image.Image]:
+    """load_framed and the decoded RGB image it was framed from (a JPEG possibly at a DCT-reduced
+    scale, never below the box): inspection draws a DEFECT's overlay on it instead of decoding twice."""
     frame = _check_size(size)
     if frame is None:
         raise ValueError("load_framed needs a frame size")
@@ -215,7 +223,7 @@ def load_framed(path: str | Path, size: int | tuple[int, int], data: bytes | Non
         shown = _display_size(img)
     box = frame_box(shown, frame, keep_aspect)
     img = open_image(path, data=data, at_least=(box.width, box.height))
-    return place(img, frame, Image.Resampling.BILINEAR, box=box).astype(np.uint8, copy=False), box, shown
+    return place(img, frame, Image.Resampling.BILINEAR, box=box).astype(np.uint8, copy=False), box, shown, img
 
 
 def _mask_header(path: Path, data: bytes | None) -> tuple[str, tuple[int, int]]:

@@ -84,6 +84,11 @@ class Detector(ABC):
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel anomaly scores (N,H,W) float32 at input resolution."""
 
+    def map_tensor(self, x: torch.Tensor, exportable: bool = False) -> torch.Tensor:
+        """[0,1] images (N,3,H,W) -> anomaly maps (N,H,W), torch operators only: the computation
+        model.export traces into an ONNX graph. exportable: no library calls outside torch (faiss)."""
+        raise NotImplementedError(f"{self.family} models cannot be exported")
+
     def check_images(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         expected = (*self.frame, 3)

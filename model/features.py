@@ -81,13 +81,26 @@ class FeatureDetector(Detector):
             return torch.zeros(0, 0, 0, 0)
         return torch.cat(out)
 
-    @abstractmethod
     def patch_scores(self, images: np.ndarray) -> torch.Tensor:
         """Anomaly score of every patch of every image: (N, h, w) on the feature grid."""
+        self.require_fitted()
+        return self.score_descriptors(self.features(images))
+
+    @abstractmethod
+    def score_descriptors(self, feats: torch.Tensor, exportable: bool = False) -> torch.Tensor:
+        """Patch descriptors (N, h, w, D) -> patch scores (N, h, w). exportable: torch operators only
+        (no faiss), so the exported graph (model.export) runs this very code."""
 
     @abstractmethod
     def require_fitted(self) -> None:
         """Raise RuntimeError naming what is missing when the detector has not been fitted."""
+
+    def map_tensor(self, x: torch.Tensor, exportable: bool = False) -> torch.Tensor:
+        """[0,1] images (N,3,H,W) -> smoothed anomaly maps (N,H,W) at the frame's size."""
+        feats = aggregate(self.backbone(x), self.config.pool_size, self.config.feature_dim)
+        s = self.score_descriptors(feats, exportable).unsqueeze(1)
+        m = F.interpolate(s, size=self.frame, mode="bilinear", align_corners=False)
+        return gaussian_blur(m, self.config.map_sigma).squeeze(1)
 
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
         images = self.check_images(images)
@@ -95,9 +108,7 @@ class FeatureDetector(Detector):
         maps = []
         with torch.inference_mode():
             for i in range(0, len(images), self.config.batch_size):
-                s = self.patch_scores(images[i : i + self.config.batch_size]).unsqueeze(1)
-                m = F.interpolate(s, size=self.frame, mode="bilinear", align_corners=False)
-                maps.append(gaussian_blur(m, self.config.map_sigma).squeeze(1))
+                maps.append(self.map_tensor(to_tensor(images[i : i + self.config.batch_size])))
         if not maps:
             return np.zeros((0, *self.frame), np.float32)
         return torch.cat(maps).numpy().astype(np.float32, copy=False)

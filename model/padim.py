@@ -106,18 +106,17 @@ class PadimDetector(FeatureDetector):
         if self.mean is None or self.precision is None:
             raise RuntimeError("the detector is not fitted (no Gaussians)")
 
-    def patch_scores(self, images: np.ndarray) -> torch.Tensor:
+    def score_descriptors(self, feats: torch.Tensor, exportable: bool = False) -> torch.Tensor:
         """Mahalanobis distance of every patch to its position's Gaussian: (N, h, w)."""
         self.require_fitted()
         assert self.mean is not None and self.precision is not None
-        feats = self.features(images)
         n, h, w, d = feats.shape
         if (h, w, d) != tuple(self.mean.shape):
             raise ValueError(f"feature grid {h}x{w}x{d} differs from the fitted {tuple(self.mean.shape)}")
         with torch.inference_mode():
-            diff = (feats - self.mean).reshape(n, h * w, d)
+            diff = (feats - self.mean).reshape(-1, h * w, d)
             y = torch.einsum("npd,pde->npe", diff, self.precision)
-            return (y * diff).sum(-1).clamp_(min=0.0).sqrt_().reshape(n, h, w)
+            return (y * diff).sum(-1).clamp(min=0.0).sqrt().reshape(-1, h, w)
 
     # -- persistence ---------------------------------------------------------------------
     def _save_weights(self, directory: Path) -> None:

@@ -123,7 +123,7 @@ def nearest_distances(
     bank: torch.Tensor,
     k: int = 1,
     *,
-    query_chunk: int = 4096,
+    query_chunk: int | None = 4096,
     bank_chunk: int = 16384,
     bank_sq: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -136,44 +136,68 @@ def nearest_distances(
         raise ValueError("the memory bank is empty")
     k = min(k, bank.shape[0])
     bank_sq = _sq_norms(bank) if bank_sq is None else bank_sq
+    if query_chunk is None:
+        return _block_distances(queries, bank, bank_sq, k, bank_chunk)
     out = torch.empty(queries.shape[0], dtype=torch.float32)
     for i in range(0, queries.shape[0], query_chunk):
-        q = queries[i : i + query_chunk]
-        q_sq = _sq_norms(q).unsqueeze(1)
-        best: torch.Tensor | None = None
-        for j in range(0, bank.shape[0], bank_chunk):
-            d = torch.addmm(bank_sq[j : j + bank_chunk].unsqueeze(0), q, bank[j : j + bank_chunk].T, alpha=-2.0)
-            if k == 1:
-                part = d.amin(dim=1, keepdim=True)
-                best = part if best is None else torch.minimum(best, part)
-            else:
-                part = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False).values
-                both = part if best is None else torch.cat([best, part], dim=1)
-                best = torch.topk(both, min(k, both.shape[1]), dim=1, largest=False).values
-        assert best is not None
-        out[i : i + query_chunk] = best.add_(q_sq).clamp_(min=0.0).sqrt_().mean(dim=1)
+        out[i : i + query_chunk] = _block_distances(queries[i : i + query_chunk], bank, bank_sq, k, bank_chunk)
     return out
 
 
+def _block_distances(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int, bank_chunk: int) -> torch.Tensor:
+    """Mean distance of the queries q to their k nearest bank rows, over bank blocks of bank_chunk
+    rows. No loop over the queries: an exported graph (model.export) keeps the batch size free.
+    The neighbours are found with the ||q||^2 - 2 q.b + ||b||^2 expansion and their distances then
+    computed directly (`exact_mean_distance`): the expansion loses digits to cancellation where q
+    is close to b, which is where most normal patches are."""
+    best: torch.Tensor | None = None
+    best_i: torch.Tensor | None = None
+    for j in range(0, bank.shape[0], bank_chunk):
+        d = torch.addmm(bank_sq[j : j + bank_chunk].unsqueeze(0), q, bank[j : j + bank_chunk].T, alpha=-2.0)
+        if k == 1:
+            part, idx = d.min(dim=1, keepdim=True)
+            idx = idx + j
+            if best is None or best_i is None:
+                best, best_i = part, idx
+            else:
+                closer = part < best
+                best, best_i = torch.where(closer, part, best), torch.where(closer, idx, best_i)
+        else:
+            part = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+            vals, idx = part.values, part.indices + j
+            if best is not None and best_i is not None:
+                vals, idx = torch.cat([best, vals], dim=1), torch.cat([best_i, idx], dim=1)
+            keep = torch.topk(vals, min(k, vals.shape[1]), dim=1, largest=False)
+            best, best_i = keep.values, idx.gather(1, keep.indices)
+    assert best_i is not None
+    return exact_mean_distance(q, bank, best_i)
+
+
+def exact_mean_distance(q: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance of each query (Q, D) to the bank rows idx (Q, k), computed directly."""
+    return (q.unsqueeze(1) - bank[idx]).pow(2).sum(-1).sqrt().mean(dim=1)
+
+
 class FaissBank:
-    """Exact k-NN over the memory bank with faiss IndexFlatL2: the same distances as
-    `nearest_distances` (float32 rounding aside) at half the time on 2 cores; faiss k-means and
+    """Exact k-NN over the memory bank with faiss IndexFlatL2: the same neighbours and distances
+    (computed directly, as `nearest_distances` does) at half the time on 2 cores; faiss k-means and
     HNSW lost to our coreset and exact search (benchmarks/nearest_neighbours.py)."""
 
     def __init__(self, bank: torch.Tensor) -> None:
         import faiss
 
         self._faiss = faiss
-        b = np.ascontiguousarray(bank.detach().cpu().numpy(), dtype=np.float32)
+        self.bank = bank.detach().cpu().float()
+        b = np.ascontiguousarray(self.bank.numpy(), dtype=np.float32)
         self.index = faiss.IndexFlatL2(b.shape[1])
         self.index.add(b)
 
     def distances(self, queries: torch.Tensor, k: int = 1) -> torch.Tensor:
         """Mean Euclidean distance of each query to its k nearest bank rows (like nearest_distances)."""
         self._faiss.omp_set_num_threads(torch.get_num_threads())  # the thread budget set for torch, on purpose
-        q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
-        sq, _ = self.index.search(q, min(k, self.index.ntotal))
-        return torch.from_numpy(np.sqrt(np.maximum(sq, 0.0)).mean(axis=1).astype(np.float32))
+        queries = queries.detach().cpu().float()
+        _, idx = self.index.search(np.ascontiguousarray(queries.numpy()), min(k, self.index.ntotal))
+        return exact_mean_distance(queries, self.bank, torch.from_numpy(idx))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,21 +284,21 @@ class PatchCoreDetector(FeatureDetector):
         if self.bank is None:
             raise RuntimeError("the detector is not fitted (no memory bank)")
 
-    def patch_scores(self, images: np.ndarray) -> torch.Tensor:
+    def score_descriptors(self, feats: torch.Tensor, exportable: bool = False) -> torch.Tensor:
         """Nearest-neighbour distance of every patch: (N, h, w) on the feature grid."""
         self.require_fitted()
-        feats = self.features(images)
-        n, h, w, d = feats.shape
-        if self.config.search == "faiss":
+        _, h, w, d = feats.shape
+        if self.config.search == "faiss" and not exportable:
             if self._index is None:
                 self._index = FaissBank(self.bank)
-            return self._index.distances(feats.reshape(-1, d), self.config.num_neighbors).reshape(n, h, w)
+            return self._index.distances(feats.reshape(-1, d), self.config.num_neighbors).reshape(-1, h, w)
         with torch.inference_mode():
             dist = nearest_distances(
                 feats.reshape(-1, d), self.bank, self.config.num_neighbors,
-                query_chunk=self.config.query_chunk, bank_chunk=self.config.bank_chunk, bank_sq=self._bank_sq,
+                query_chunk=None if exportable else self.config.query_chunk, bank_chunk=self.config.bank_chunk,
+                bank_sq=self._bank_sq,
             )
-        return dist.reshape(n, h, w)
+        return dist.reshape(-1, h, w)
 
     # -- persistence ---------------------------------------------------------------------
     def _save_weights(self, directory: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class Framed:
     array: np.ndarray
     box: Box
     size: tuple[int, int]
+    picture: Any = None  # the decoded RGB Pillow image, kept only when asked (inspection's DEFECT overlays)
 
 
 @dataclass
@@ -59,9 +61,9 @@ class Preprocessing:
     def box(self, size: tuple[int, int]) -> Box:
         return frame_box(size, self.frame, self.keep_aspect)
 
-    def image(self, path: str | Path, raw: bytes | None = None) -> Framed:
-        arr, box, shown = data.load_framed(path, self.frame, data=raw, keep_aspect=self.keep_aspect)
-        return Framed(arr, box, shown)
+    def image(self, path: str | Path, raw: bytes | None = None, keep_picture: bool = False) -> Framed:
+        arr, box, shown, picture = data.load_framed_decoded(path, self.frame, data=raw, keep_aspect=self.keep_aspect)
+        return Framed(arr, box, shown, picture if keep_picture else None)
 
     # -- batches -----------------------------------------------------------------------------
     def stack(self, framed: Sequence[Framed]) -> Batch:

@@ -9,37 +9,37 @@ map, which is robust to single noisy pixels.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-MapKind = Literal["l2", "l1", "ssim", "l2_ssim"]
-ScoreMethod = Literal["mean", "max", "smoothed_max", "top_mean"]
-SCORE_METHODS: tuple[str, ...] = ("mean", "max", "smoothed_max", "top_mean")
+from model.config import SCORE_METHODS, MapKind
+
 TOP_SHARE = 0.001  # top_mean: the mean of this share of an image's own pixels, the highest (at least one)
 
 
-def _gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:
+def _gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, computed in Python so a traced graph (model.export) holds them as a constant."""
     radius = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    k = torch.exp(-(x**2) / (2.0 * sigma**2))
+    taps = [math.exp(-(i * i) / (2.0 * sigma**2)) for i in range(-radius, radius + 1)]
+    k = torch.tensor(taps, dtype=torch.float32)
     return k / k.sum()
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N,C,H,W) with reflect padding; sigma <= 0 is identity."""
+    """Separable Gaussian blur of (N,C,H,W) with reflect padding; sigma <= 0 is identity. Channels
+    are folded into the batch, so the kernel's shape never depends on the input (an exportable graph)."""
     if sigma <= 0:
         return x
-    k = _gaussian_kernel1d(sigma, x.device)
-    c = x.shape[1]
+    k = _gaussian_kernel1d(sigma).to(x.device)
     r = k.numel() // 2
-    kh = k.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    kv = k.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), kh, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), kv, groups=c)
+    h, w = x.shape[-2:]
+    y = x.reshape(-1, 1, h, w)
+    mode = "reflect" if min(h, w) > r else "replicate"
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+    return y.reshape(x.shape)
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5, data_range: float = 1.0) -> torch.Tensor:
@@ -124,3 +124,27 @@ def top_mean(values: np.ndarray, share: float = TOP_SHARE) -> float:
     (chosen for PaDiM and fusion on the development sets: benchmarks/results/README.md)."""
     k = max(1, int(len(values) * share))
     return float(np.partition(values, len(values) - k)[len(values) - k :].astype(np.float64).mean())
+
+
+def image_score_tensor(maps: torch.Tensor, valid: torch.Tensor, method: str, smooth_sigma: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fill_outside` and one `image_scores` method in torch operators, for the exported graph
+    (model.export): (maps with padding filled, scores (N,)). valid (N,H,W) bool, all True when
+    nothing is padded. Equal to the numpy path to float32 rounding (tests/test_export.py)."""
+    if method not in SCORE_METHODS:
+        raise ValueError(f"unknown score method {method!r}; expected one of {SCORE_METHODS}")
+    big = torch.finfo(maps.dtype).max
+    inside_min = torch.where(valid, maps, big).flatten(1).amin(1)
+    filled = torch.where(valid, maps, inside_min.view(-1, 1, 1))
+    count = valid.flatten(1).sum(1)
+    if method == "mean":
+        return filled, (filled * valid).flatten(1).sum(1) / count
+    if method == "smoothed_max":
+        smoothed = gaussian_blur(filled.unsqueeze(1), smooth_sigma).squeeze(1)
+        return filled, torch.where(valid, smoothed, -big).flatten(1).amax(1)
+    flat = torch.where(valid, filled, -big).flatten(1)
+    if method == "max":
+        return filled, flat.amax(1)
+    k_max = max(1, int(flat.shape[1] * TOP_SHARE))  # the most any image can need: all pixels its own
+    top = torch.topk(flat, k_max, dim=1).values
+    k = torch.clamp(torch.floor(count.double() * TOP_SHARE), min=1).long()
+    return filled, top.cumsum(1).gather(1, (k - 1).view(-1, 1)).squeeze(1) / k.float()

@@ -143,9 +143,11 @@ class Results:
         for folder in dict.fromkeys(rows["folder"].tolist()):
             base = self.folders[int(folder)]
             view, overlay = view_paths(base, sha256)
-            path = {"view": view, "overlay": overlay, "defect_overlay": defect_figure_paths(base, sha256)[1]}.get(kind)
-            if path is not None and plain_file(path):
-                return path
+            defect_overlay = defect_figure_paths(base, sha256)[1]
+            paths = {"view": [view], "overlay": [overlay], "defect_overlay": [defect_overlay, defect_overlay.with_suffix(".png")]}
+            for path in paths.get(kind, []):  # older results folders hold a PNG overlay
+                if plain_file(path):
+                    return path
         return None
 
     def label_refusal(self, sha256: str, model_version: str) -> str | None:

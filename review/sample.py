@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.inspection import FIELDS, RESULTS_FILE, Row, now_iso, overlay_rgb, save_png_atomic, view_paths
+from model.heatmaps import overlay_rgb
+from model.inspection import FIELDS, RESULTS_FILE, Row, now_iso, save_png_atomic, view_paths
 
 
 def make_inspection_folder(out: str | Path, n: int = 40, seed: int = 0, threshold: float = 1.0, images: int | None = None,

@@ -17,6 +17,7 @@ from prefect.futures import as_completed
 
 from model import inspection
 from model.detector import Detector
+from model.export import missing_libraries
 from tasks import tracking
 from tasks.reporting import artifact_key
 
@@ -65,12 +66,53 @@ def resolve_model(model_name: str, alias: str) -> ResolvedModel:
     return ResolvedModel(model_name, alias, version, detector, uri)
 
 
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+
+
+def pick_runtime(runtime: str) -> str:
+    """auto: onnxruntime when the export extra is installed (2.1x torch's images/s on the model call
+    for PatchCore on Bottle, scores within 1e-4: benchmarks/inspection_speed.py, tests/test_export.py),
+    else torch."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
+    if runtime == "auto":
+        return "torch" if missing_libraries("onnxruntime") else "onnxruntime"
+    if runtime != "torch" and missing_libraries(runtime):
+        raise ValueError(f"runtime {runtime!r} needs {', '.join(missing_libraries(runtime))}: pip install 'anomaflow[export]'")
+    return runtime
+
+
+def scorer_for(model: ResolvedModel, runtime: str):
+    """What scores the images: the torch detector, or its exported graph (made once per version into
+    ANOMAFLOW_HOME/exports, tests/test_export.py holds it to the torch scores) under onnxruntime / OpenVINO."""
+    asked, runtime = runtime, pick_runtime(runtime)
+    if runtime == "torch":
+        return model.detector
+    if asked == "auto" and type(model.detector).map_tensor is Detector.map_tensor:
+        get_run_logger().info("scoring with torch: %s models have no exported graph", model.detector.family)
+        return model.detector
+    import torch
+
+    from model.export import cached_export
+    from model.pipeline import default_home
+    from model.runtime import ExportedDetector
+
+    fmt = "openvino" if runtime == "openvino" else "onnx"
+    t0 = time.perf_counter()
+    folder = cached_export(model.detector, default_home() / "exports", fmt, model.name, model.version)
+    scorer = ExportedDetector(folder, runtime, threads=torch.get_num_threads())
+    get_run_logger().info("scoring with %s on %s (ready in %.1fs)", runtime, folder, time.perf_counter() - t0)
+    return scorer
+
+
 @task(name="inspect_images", cache_policy=NO_CACHE)
-def inspect_images(model: ResolvedModel, input_dir: Path, output_dir: Path, threshold: float | None, batch_size: int) -> inspection.InspectionSummary:
+def inspect_images(model: ResolvedModel, input_dir: Path, output_dir: Path, threshold: float | None, batch_size: int,
+                   runtime: str = "auto") -> inspection.InspectionSummary:
     log = get_run_logger()
     files = inspection.list_inbox(input_dir)
     thr = model.threshold(threshold)
     log.info("%d images in %s; threshold %.6g%s", len(files), input_dir, thr, " (override)" if threshold is not None else "")
+    scorer = scorer_for(model, runtime)
     step = max(1, len(files) // 10)
 
     def progress(done: int, total: int) -> None:
@@ -79,7 +121,7 @@ def inspect_images(model: ResolvedModel, input_dir: Path, output_dir: Path, thre
 
     with inspection.Ledger(output_dir) as ledger:
         return inspection.inspect_files(
-            model.detector, files, input_dir, ledger, model_name=model.name, model_version=model.version,
+            scorer, files, input_dir, ledger, model_name=model.name, model_version=model.version,
             threshold=thr, batch_size=batch_size, progress=progress,
         )
 

@@ -453,6 +453,67 @@ def load_registered_detector(name: str, version: str) -> Detector:
     return load_detector(Path(local) / "artifacts" / "detector")
 
 
+def parse_model_ref(ref: str, default_alias: str = CHAMPION) -> tuple[str, str | None, str | None]:
+    """"NAME", "NAME@alias" or "NAME/version" -> (name, alias, version); a bare name means its champion."""
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, alias, None
+    if "/" in ref:
+        name, version = ref.rsplit("/", 1)
+        if not version.isdigit():
+            raise ValueError(f"model {ref!r}: the part after '/' must be a version number (or use NAME@alias)")
+        return name, None, version
+    return ref, default_alias, None
+
+
+def resolve_model_ref(ref: str) -> tuple[str, str]:
+    """(name, exact version) of a NAME[@alias|/version] reference; LookupError naming what is missing."""
+    name, alias, version = parse_model_ref(ref)
+    if version is None:
+        assert alias is not None
+        version = resolve_alias(name, alias)
+        if version is None:
+            raise LookupError(f"registered model {name!r} has no alias {alias!r} at {tracking_uri()}")
+    else:
+        try:
+            with unreachable_as_error(f"looking up model {name!r} version {version}"):
+                MlflowClient().get_model_version(name, version)
+        except MlflowException as exc:
+            if exc.error_code in _NOT_FOUND_CODES:
+                raise LookupError(f"registered model {name!r} has no version {version} at {tracking_uri()}") from exc
+            raise
+    return name, version
+
+
+# What calibration logged beside the threshold: the operating point an export carries.
+OPERATING_METRICS = ("threshold", "pixel_threshold", "target_fpr", "target_recall", "threshold_percentile", "heldout_fpr",
+                     "heldout_fpr_low", "heldout_fpr_high", "heldout_normals", "tail_fpr_estimate", "syn_recall_estimate")
+
+
+def operating_point(name: str, version: str) -> dict[str, Any]:
+    """The calibration metrics and threshold method of the run a version was registered from."""
+    with unreachable_as_error(f"reading the run of model {name!r} version {version}"):
+        client = MlflowClient()
+        run = client.get_run(client.get_model_version(name, version).run_id)
+    point: dict[str, Any] = {k: run.data.metrics[k] for k in OPERATING_METRICS if k in run.data.metrics}
+    for key in ("threshold_method", "score_method"):
+        if key in run.data.params:
+            point[key] = run.data.params[key]
+    return point
+
+
+def log_export(name: str, version: str, directory: Path, fmt: str) -> str:
+    """Log an export folder to the run of the version (artifacts `export/<fmt>`) and tag the version
+    `anomaflow.export.<fmt>` with the artifact URI, so the registry says where its edge graph is."""
+    with unreachable_as_error(f"logging the {fmt} export of model {name!r} version {version}"):
+        client = MlflowClient()
+        run_id = client.get_model_version(name, version).run_id
+        client.log_artifacts(run_id, str(directory), artifact_path=f"export/{fmt}")
+        uri = f"runs:/{run_id}/export/{fmt}"
+        client.set_model_version_tag(name, version, f"anomaflow.export.{fmt}", uri)
+    return uri
+
+
 # -- Prefect tasks over the adapter (retried: the tracking server may blip) ------------------
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402

@@ -107,3 +107,19 @@ def test_stored_frame_policy_result_prints_and_never_falls_below_squashing(capsy
     for row in json.loads(stored.read_text())["rows"]:
         assert row["auto_frame"] in ("keep", "square")
         assert row[row["auto_frame"]]["test_image_auroc"] >= row["square"]["test_image_auroc"] - 0.005, row["dataset"]
+
+
+@pytest.mark.slow
+def test_inspection_speed_benchmark_runs_every_rate_and_runtime_on_the_demo_data(demo_root, tmp_path, capsys):
+    bench = load_script("inspection_speed")
+    out = tmp_path / "speed.json"
+    assert bench.main(["--data", str(demo_root), "--category", "demo", "--shapes", "native", "--runtimes", "torch", "onnxruntime",
+                       "--rates", "0", "0.5", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["runtime"], r["rate"]) for r in rows] == [("torch", 0.0), ("torch", 0.5), ("onnxruntime", 0.0), ("onnxruntime", 0.5)]
+    assert [r["defects"] for r in rows if r["rate"] == 0.0] == [0, 0] and all(r["defects"] > 0 for r in rows if r["rate"] == 0.5)
+    exported = rows[2]
+    assert exported["same_decisions"] and exported["score_diff"] < 1e-5  # the export scores as torch does
+    printed = capsys.readouterr().out
+    assert bench.main(["--from-json", str(out)]) == 0
+    assert capsys.readouterr().out.strip() in printed

@@ -72,6 +72,25 @@ def test_missing_category_is_a_clear_error(tmp_path, capsys):
     assert "bottle" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("case", ["missing", "empty", "no images"])
+def test_inspect_on_a_missing_or_empty_folder_fails_before_prefect_mlflow_or_torch_load(tmp_path, case):
+    import subprocess
+    import sys
+
+    inbox = tmp_path / "inbox"
+    if case != "missing":
+        inbox.mkdir()
+    if case == "no images":
+        (inbox / "notes.txt").write_text("not an image")
+    probe = ("import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+             "print(rc, *(m in sys.modules for m in ('prefect', 'mlflow', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", probe, "inspect", "--input", str(inbox), "--output", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False", "False", "False"], out.stdout + out.stderr
+    assert str(inbox) in out.stderr and ("does not exist" if case == "missing" else "no images") in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_data_command(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "d"), "--size", "64"]) == 0
     assert (tmp_path / "d" / "demo" / "train" / "good" / "000.png").is_file()

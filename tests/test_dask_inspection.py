@@ -157,7 +157,9 @@ def test_dask_runs_match_the_in_process_run_and_resume(registered, demo_root, tm
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        local = batch_inspection(input_dir=str(inbox), output_dir=str(tmp_path / "local"), model_name=NAME, batch_size=4)
+        # torch, as the shards score: the exported runtimes agree to 1e-5 (tests/test_export.py), not to 8 digits
+        local = batch_inspection(input_dir=str(inbox), output_dir=str(tmp_path / "local"), model_name=NAME, batch_size=4,
+                                 runtime="torch")
     finally:
         torch.set_num_threads(threads)
     dask = batch_inspection(input_dir=str(inbox), output_dir=str(tmp_path / "dask"), model_name=NAME, batch_size=4,
