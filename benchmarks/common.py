@@ -57,6 +57,19 @@ def category_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def printed_stored(args: argparse.Namespace, table) -> bool:
+    """With --from-json: print that file's table and say so (True). Else exit with a message when
+    --data/--category is not on disk, and return False: the benchmark runs."""
+    import sys
+
+    if args.from_json:
+        emit(table(json.loads(args.from_json.read_text())["rows"]))
+        return True
+    if not (args.data / args.category).is_dir():
+        sys.exit(f"no dataset at {args.data / args.category}")
+    return False
+
+
 def save_rows(path: Path | None, rows: list[dict]) -> None:
     """Store the rows with the command that made them, for `--from-json` to print the same table."""
     import sys

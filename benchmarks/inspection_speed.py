@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import category_parser, emit, save_rows  # noqa: E402
+from benchmarks.common import category_parser, emit, printed_stored, save_rows  # noqa: E402
 
 
 def tall_copy(src: Path, category: str, dst: Path) -> Path:
@@ -224,11 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtimes", nargs="+", choices=["torch", "onnxruntime", "openvino"], default=["torch", "onnxruntime", "openvino"])
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
-    if args.from_json:
-        emit(table(json.loads(args.from_json.read_text())["rows"]))
+    if printed_stored(args, table):
         return 0
-    if not (args.data / args.category).is_dir():
-        sys.exit(f"no dataset at {args.data / args.category}")
     from model import pipeline
 
     pipeline.configure_threads(args.threads)

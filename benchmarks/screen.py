@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import category_parser, emit, save_rows  # noqa: E402
+from benchmarks.common import category_parser, emit, printed_stored, save_rows  # noqa: E402
 from model.curation import _link_or_copy  # noqa: E402  (hard link, or a copy across file systems)
 
 
@@ -96,11 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--planted", nargs="+", type=int, default=[0, 10, 20])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.from_json:
-        emit(table(json.loads(args.from_json.read_text())["rows"]))
+    if printed_stored(args, table):
         return 0
-    if not (args.data / args.category).is_dir():
-        sys.exit(f"no dataset at {args.data / args.category}")
     (REPO / ".anomaflow").mkdir(exist_ok=True)
     t0 = time.perf_counter()
     rows = [run(args.data, args.category, n, args.seed, args.threads) for n in args.planted]
