@@ -62,6 +62,8 @@ class ExportedDetector:
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            # idle threads sleep instead of spinning: the decode thread of inspection shares the cores
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
             self._run = lambda images, valid: self._session.run(["maps", "score"], {"images": images, "valid": valid})
         else:

@@ -218,7 +218,8 @@ def test_dockerfile_pins_match_pyproject_and_runs_as_non_root():
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     copied = {src for line in re.findall(r"^COPY\s+(.+)$", text, re.M) for src in line.split()[:-1]}
     assert copied <= {"pyproject.toml", "README.md", "prefect.yaml", "model", "tasks", "flows", "review"}, f"unexpected COPY {copied}"
-    assert re.search(r'pip install "\.\[service\]"', text)
+    extras = re.search(r'pip install "\.\[([\w,]+)\]"', text)
+    assert extras and {"service", "export"} <= set(extras.group(1).split(","))  # the MLflow server's drivers; inspection's runtime
     service = " ".join(pyproject["project"]["optional-dependencies"]["service"])
     assert "psycopg" in service and "boto3" in service  # postgresql:// store and s3:// artifacts
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()

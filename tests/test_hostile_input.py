@@ -575,29 +575,30 @@ def test_inspection_arbitrary_bytes_never_stop_the_batch(detector: AutoencoderDe
 def test_inspection_folder_changes_while_it_is_read(detector: AutoencoderDetector, tmp_path: Path) -> None:
     """Between batches a pending file is deleted, another replaced by garbage, a new one added:
     the deleted one gets an ERROR row (it was listed), the replaced one is judged on the bytes
-    read, the new one waits for the next run; the rerun then completes with one row each."""
+    read, the new one waits for the next run; the rerun then completes with one row each.
+    Files are read one batch ahead of scoring, so the changed files sit two batches ahead."""
     inbox = tmp_path / "inbox"
-    paths = write_all(inbox, {f"{i:02d}.png": encode(part(i), "PNG") for i in range(8)})
+    paths = write_all(inbox, {f"{i:02d}.png": encode(part(i), "PNG") for i in range(12)})
     changed: list[int] = []
 
     def mutate(done: int, total: int) -> None:
         if not changed:
             changed.append(done)
-            paths["05.png"].unlink()
-            paths["06.png"].write_bytes(b"not an image any more")
+            paths["09.png"].unlink()
+            paths["10.png"].write_bytes(b"not an image any more")
             write_all(inbox, {"late.png": encode(part(30), "PNG")})
 
     out = tmp_path / "out"
     first = inspect(detector, inbox, out, batch_size=4, progress=mutate)
-    assert changed == [4] and first.total == 8
+    assert changed == [4] and first.total == 12
     rows = {r["path"]: r for r in inspection.read_results(out / "results.csv")}
-    assert set(rows) == {f"{i:02d}.png" for i in range(8)}
-    assert rows["05.png"]["decision"] == "ERROR" and rows["05.png"]["error"] == "cannot read file (No such file or directory)"
-    assert rows["06.png"]["decision"] == "ERROR" and rows["06.png"]["error"].startswith("not a readable image")
+    assert set(rows) == {f"{i:02d}.png" for i in range(12)}
+    assert rows["09.png"]["decision"] == "ERROR" and rows["09.png"]["error"] == "cannot read file (No such file or directory)"
+    assert rows["10.png"]["decision"] == "ERROR" and rows["10.png"]["error"].startswith("not a readable image")
     second = inspect(detector, inbox, out)
     assert second.inspected == 1  # late.png; the rest were done
     rows = inspection.read_results(out / "results.csv")
-    assert sorted(r["path"] for r in rows) == sorted([*(f"{i:02d}.png" for i in range(8)), "late.png"])
+    assert sorted(r["path"] for r in rows) == sorted([*(f"{i:02d}.png" for i in range(12)), "late.png"])
 
 
 def test_inspection_non_utf8_name_gets_a_row(detector: AutoencoderDetector, tmp_path: Path) -> None:

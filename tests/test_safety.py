@@ -272,7 +272,7 @@ def test_outputs_stay_in_the_output_folder(detector: AutoencoderDetector, demo_r
     assert sorted(r["path"] for r in rows) == sorted(visible)
     assert tree(tmp_path) - tree(out) == outside_before | {out}  # nothing new outside out/
     created = {p.relative_to(out).as_posix() for p in tree(out) if p.is_file()}
-    figure = re.compile(r"^(defects/[0-9a-f]{16}_(heatmap|overlay)\.png|views/[0-9a-f]{16}(_overlay)?\.jpg)$")
+    figure = re.compile(r"^(defects/[0-9a-f]{16}_(heatmap\.png|overlay\.jpg)|views/[0-9a-f]{16}(_overlay)?\.jpg)$")
     assert {p for p in created if not figure.match(p)} == {"results.csv", ".inspection.lock"}
     assert len(created) == 2 + 4 * len({r["sha256"] for r in rows})  # figures and review copies, named by content
     assert not Path("PWNED").exists() and not (tmp_path / "PWNED").exists()
