@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,30 +100,23 @@ class ExportedDetector:
 
 def inspect_folder(det: ExportedDetector, input_dir: str | Path, threshold: float | None = None,
                    batch_size: int = 8) -> list[dict[str, object]]:
-    """One row per image file under input_dir (sorted, recursive): path, score, decision or error."""
-    from model.data import IMAGE_EXTENSIONS
+    """One row per image file under input_dir (the inbox rules of `anomaflow inspect`: recursive,
+    sorted, links out of the folder ignored): path, score, decision, or ERROR with the reason."""
+    from model.inspection import ERROR, decode_items, list_inbox, read_item
 
     root = Path(input_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    files = list_inbox(root)
     if not files:
         raise FileNotFoundError(f"{root}: no images in the folder")
-    rows: list[dict[str, object]] = []
     t = det.threshold if threshold is None else threshold
+    rows: list[dict[str, object]] = []
     for i in range(0, len(files), batch_size):
-        framed, names = [], []
-        for p in files[i : i + batch_size]:
-            try:
-                framed.append(det.preprocessing.image(p, p.read_bytes()))
-                names.append(p)
-            except Exception as exc:  # a bad file is a row with its reason; the others go on
-                rows.append({"path": p.relative_to(root).as_posix(), "score": "", "decision": "ERROR",
-                             "threshold": t, "error": getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"})
-        if framed:
-            scores = det.score_batch(det.preprocessing.stack(framed)).scores[det.score_method]
-            for p, s, d in zip(names, scores, det.decide(scores, threshold)):
-                rows.append({"path": p.relative_to(root).as_posix(), "score": float(s), "decision": str(d), "threshold": t, "error": ""})
+        decoded = decode_items([read_item(p, root) for p in files[i : i + batch_size]], det.preprocessing, keep_picture=False)
+        rows += [{"path": item.rel, "score": "", "decision": ERROR, "threshold": t, "error": why} for item, why in decoded.errors]
+        if decoded.framed:
+            scores = det.score_batch(det.preprocessing.stack(decoded.framed)).scores[det.score_method]
+            rows += [{"path": item.rel, "score": float(s), "decision": str(d), "threshold": t, "error": ""}
+                     for item, s, d in zip(decoded.keep, scores, det.decide(scores, threshold))]
     return rows
 
 
@@ -141,14 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"anomaflow runtime: error: {exc}", file=sys.stderr)
         return 2
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        writer = csv.DictWriter(out, fieldnames=["path", "score", "decision", "threshold", "error"])
-        writer.writeheader()
-        writer.writerows(rows)
-    finally:
-        if args.output:
-            out.close()
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["path", "score", "decision", "threshold", "error"])
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.output:  # whole or not at all: a temporary name, then a rename
+        tmp = args.output.with_name(f".{args.output.name}.tmp")
+        tmp.write_text(text.getvalue(), newline="")
+        os.replace(tmp, args.output)
+    else:
+        sys.stdout.write(text.getvalue())
     counts = {d: sum(r["decision"] == d for r in rows) for d in ("NORMAL", "DEFECT", "ERROR")}
     print(f"{len(rows)} images: " + ", ".join(f"{k} {v}" for k, v in counts.items()), file=sys.stderr)
     return 0

@@ -198,7 +198,12 @@ def clear_lead(a: SyntheticCheck, b: SyntheticCheck, seed: int = 0) -> tuple[boo
     """(whether a should replace b, a's lead, its standard error): a must be usable (not near
     chance) and lead by more than TIE and LEAD_SE bootstrap standard errors."""
     lead, se = auroc_lead(a, b, seed)
-    return a.metrics.get("syn_image_auroc", 0.0) >= NEAR_CHANCE and lead > max(TIE, LEAD_SE * se), lead, se
+    return a.metrics.get("syn_image_auroc", 0.0) >= NEAR_CHANCE and is_clear(lead, se), lead, se
+
+
+def is_clear(lead: float, se: float) -> bool:
+    """The one rule auto replaces a default by: a lead past TIE and past LEAD_SE standard errors."""
+    return lead > max(TIE, LEAD_SE * se)
 
 
 def pick(rows: list[dict[str, Any]], checks: dict[str, SyntheticCheck], seed: int = 0) -> str | None:
@@ -217,7 +222,7 @@ def pick(rows: list[dict[str, Any]], checks: dict[str, SyntheticCheck], seed: in
         else:
             lead, se = auroc_lead(checks[row["name"]], checks[best["name"]], seed)
             row["lead_over"], row["lead"], row["lead_se"] = best["name"], lead, se
-            better = lead > max(TIE, LEAD_SE * se)
+            better = is_clear(lead, se)
         if better:
             best = row
     return None if best is None else best["name"]
