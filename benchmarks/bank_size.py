@@ -8,16 +8,16 @@ most --train-limit fit images (to stand in for a small product), extract the pat
 once and run the greedy coreset once at the largest size: greedy k-center picks are nested, so
 the first k picks are the coreset of size k, and every size is scored from one selection.
 Selection metrics (the only ones to choose by): held-out normals plus synthetic defects made
-from them (model/synthetic.py), image AUROC of the decision score and pixel AUROC. The test
+from them (model/data/synthetic.py), image AUROC of the decision score and pixel AUROC. The test
 split is scored too and reported only. Times: coreset selection at each size (its own run),
 and model-only scoring images/s on the held-out images.
 """
+
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from statistics import mean
 
 import numpy as np
 import torch
@@ -25,11 +25,22 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, patchcore_seed_configs, replay, seeded_parser, store_runs  # noqa: E402
-from model import data, metrics, pipeline  # noqa: E402
-from model.config import TrainConfig  # noqa: E402
-from model.patchcore import greedy_coreset  # noqa: E402
-from model.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model import pipeline  # noqa: E402
+from anomaflow.model.config import TrainConfig  # noqa: E402
+from anomaflow.model.data import datasets as data
+from anomaflow.model.data.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model.detectors.patchcore import greedy_coreset  # noqa: E402
+from anomaflow.model.evaluation import metrics
+from benchmarks.common import (
+    emit,
+    fit_patches,
+    log_row,
+    mean_table,
+    patchcore_seed_configs,
+    replay,
+    seeded_parser,
+    store_runs,
+)
 
 
 def parse_size(spec: str, n_patches: int) -> int:
@@ -40,18 +51,12 @@ def parse_size(spec: str, n_patches: int) -> int:
 
 
 def run_seed(cfg: TrainConfig, ds: data.Dataset, sizes: list[str], train_limit: int | None) -> list[dict]:
-    arrays = pipeline.load_arrays(ds, cfg, log=lambda m: None)
-    fit = arrays.fit
-    if train_limit is not None and train_limit < len(fit):
-        fit = fit[np.sort(np.random.default_rng(cfg.seed).permutation(len(fit))[:train_limit])]
-    det = pipeline.builder(arrays)(cfg)
-    t0 = time.perf_counter()
-    patches = det.features(fit)
-    patches = patches.reshape(-1, patches.shape[-1])
-    feature_s = time.perf_counter() - t0
+    arrays, fit, det, patches, feature_s = fit_patches(cfg, ds, train_limit)
     wanted = {s: parse_size(s, patches.shape[0]) for s in sizes}
     with torch.inference_mode():
-        order = greedy_coreset(patches, max(wanted.values()), projection_dim=cfg.patchcore.projection_dim, seed=cfg.seed)
+        order = greedy_coreset(
+            patches, max(wanted.values()), projection_dim=cfg.patchcore.projection_dim, seed=cfg.seed
+        )
     syn_imgs, syn_masks, _ = synthetic_set(arrays.holdout, seed=cfg.seed)
     labels = np.r_[np.zeros(len(arrays.holdout)), np.ones(len(syn_imgs))]
     test_labels = np.array([s.label for s in arrays.test_samples])
@@ -69,27 +74,34 @@ def run_seed(cfg: TrainConfig, ds: data.Dataset, sizes: list[str], train_limit: 
         test = det.score(arrays.test)
         m = cfg.score_method
         row = {
-            "size": spec, "bank": k, "patches": int(patches.shape[0]), "fit_images": len(fit), "seed": cfg.seed,
+            "size": spec,
+            "bank": k,
+            "patches": int(patches.shape[0]),
+            "fit_images": len(fit),
+            "seed": cfg.seed,
             "syn_image_auroc": metrics.image_auroc(labels, np.r_[hold.scores[m], syn.scores[m]]),
             "syn_pixel_auroc": metrics.pixel_auroc(syn_masks, syn.maps),
-            "test_image_auroc": metrics.image_auroc(test_labels, test.scores[m]) if len(set(test_labels)) == 2 else float("nan"),
-            "test_pixel_auroc": metrics.pixel_auroc(arrays.test_masks, test.maps) if arrays.test_masks.any() else float("nan"),
-            "fit_seconds": feature_s + coreset_s, "coreset_seconds": coreset_s, "images_per_second": ips,
+            "test_image_auroc": metrics.image_auroc(test_labels, test.scores[m])
+            if len(set(test_labels)) == 2
+            else float("nan"),
+            "test_pixel_auroc": metrics.pixel_auroc(arrays.test_masks, test.maps)
+            if arrays.test_masks.any()
+            else float("nan"),
+            "fit_seconds": feature_s + coreset_s,
+            "coreset_seconds": coreset_s,
+            "images_per_second": ips,
         }
         rows.append(row)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+        log_row(row)
     return rows
 
 
+TIMES = ("fit_seconds", "coreset_seconds", "images_per_second")  # printed to 0.1, as is the bank size
+
+
 def report(runs: list[dict], title: str) -> str:
-    cols = ["bank", "syn_image_auroc", "syn_pixel_auroc", "test_image_auroc", "test_pixel_auroc", "fit_seconds", "coreset_seconds", "images_per_second"]
-    lines = [title, "", "| size | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 1) + "|"]
-    for spec in dict.fromkeys(r["size"] for r in runs):
-        rs = [r for r in runs if r["size"] == spec]
-        cells = [f"{mean(float(r[c]) for r in rs):.1f}" if c in ("bank", "fit_seconds", "coreset_seconds", "images_per_second")
-                 else f"{mean(float(r[c]) for r in rs):.4f}" for c in cols]
-        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
-    return emit(lines)
+    cols = ["bank", "syn_image_auroc", "syn_pixel_auroc", "test_image_auroc", "test_pixel_auroc", *TIMES]
+    return emit([title, "", *mean_table(runs, ["size"], cols, lambda c: ".1f" if c == "bank" or c in TIMES else ".4f")])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in patchcore_seed_configs(args, args.threads):
         runs += run_seed(cfg, ds, args.sizes, args.train_limit)
     limit = f", at most {args.train_limit} fit images" if args.train_limit else ""
-    title = (f"PatchCore bank size on {args.category}{limit}: means over seeds {args.seeds}. syn_* = held-out normals + "
-             "synthetic defects (choose by these); test_* reported only; images/s model only")
+    title = (
+        f"PatchCore bank size on {args.category}{limit}: means over seeds {args.seeds}. syn_* = held-out normals + "
+        "synthetic defects (choose by these); test_* reported only; images/s model only"
+    )
     report(runs, title)
     store_runs(args.json, title, runs)
     return 0

@@ -10,6 +10,7 @@ and its false-positive rate is read on the other half (normals it never saw). "o
 with two extra calibration scores at 3x the largest normal score (two odd images in train/good).
 No test image is read: the choice of method and default rests on held-out normals only.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import DATASETS, emit, present, replay  # noqa: E402
-from model import calibration, pipeline  # noqa: E402
-from model.config import TrainConfig  # noqa: E402
+from anomaflow.model import pipeline  # noqa: E402
+from anomaflow.model.evaluation import calibration
+from benchmarks.common import DATASETS, emit, present, replay, train_config  # noqa: E402
 
 METHODS = {
     "percentile 99 (default before)": lambda s: calibration.percentile_threshold(s, 99.0),
@@ -36,7 +37,7 @@ METHODS = {
 
 
 def heldout_scores(root: Path, category: str, seed: int, threads: int, cache_dir: str) -> np.ndarray:
-    cfg = TrainConfig(data_root=str(root), category=category, detector="patchcore", seed=seed, num_threads=threads, cache_dir=cache_dir)
+    cfg = train_config(root, category, seed, threads, cache_dir)
     ds = pipeline.load_dataset(root, category)
     ds.test = []  # never read here
     arrays = pipeline.load_arrays(ds, cfg, log=lambda m: print(m, file=sys.stderr))
@@ -62,7 +63,12 @@ def trial(scores: np.ndarray, splits: int, seed: int) -> list[dict]:
 def report(runs: list[dict], title: str) -> str:
     names = list(dict.fromkeys(r["method"] for r in runs))
     sets = list(dict.fromkeys(r["dataset"] for r in runs))
-    lines = [title, "", "| method | " + " | ".join(f"{d} FPR (odd)" for d in sets) + " | mean |", "|---" * (len(sets) + 2) + "|"]
+    lines = [
+        title,
+        "",
+        "| method | " + " | ".join(f"{d} FPR (odd)" for d in sets) + " | mean |",
+        "|---" * (len(sets) + 2) + "|",
+    ]
     for name in names:
         cells, means = [], []
         for d in sets:
@@ -94,14 +100,26 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             scores = heldout_scores(root, category, seed, args.threads, args.cache_dir)
             held[f"{name}/{seed}"] = scores.tolist()
-            runs += [{**r, "dataset": f"{name} (n={len(scores)})", "seed": seed} for r in trial(scores, args.splits, seed)]
-    title = (f"Realised FPR on unseen held-out normals (half splits x {args.splits}, seeds {args.seeds}), PatchCore defaults; "
-             "in brackets: with two odd images (3x the largest normal score) among the calibration half")
+            runs += [
+                {**r, "dataset": f"{name} (n={len(scores)})", "seed": seed} for r in trial(scores, args.splits, seed)
+            ]
+    title = (
+        f"Realised FPR on unseen held-out normals (half splits x {args.splits}, seeds {args.seeds}), "
+        "PatchCore defaults; "
+        "in brackets: with two odd images (3x the largest normal score) among the calibration half"
+    )
     report(runs, title)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = [{"dataset": d, "method": m, "odd": o, "fpr": mean(r["fpr"] for r in runs if (r["dataset"], r["method"], r["odd"]) == (d, m, o))}
-                   for d, m, o in dict.fromkeys((r["dataset"], r["method"], r["odd"]) for r in runs)]  # means: the table, compactly
+        summary = [
+            {
+                "dataset": d,
+                "method": m,
+                "odd": o,
+                "fpr": mean(r["fpr"] for r in runs if (r["dataset"], r["method"], r["odd"]) == (d, m, o)),
+            }
+            for d, m, o in dict.fromkeys((r["dataset"], r["method"], r["odd"]) for r in runs)
+        ]  # means: the table, compactly
         args.json.write_text(json.dumps({"title": title, "runs": summary, "heldout_scores": held}, default=float))
     return 0
 

@@ -4,16 +4,17 @@
         [--families autoencoder,patchcore] [--epochs 30] [--threads 2] [--json out/detectors.json]
 
 Each family runs in its own subprocess (so its peak memory is its own) through the project's
-own steps (model.pipeline): load + validate data, fit on train/good (fit part), calibrate image
+own steps (anomaflow.model.pipeline): load + validate data, fit on train/good (fit part), calibrate image
 and pixel thresholds on the held-out normal part, score the test split, evaluate. No test label
 is used by any step before the evaluation.
 
 Throughput counts what inspection pays per image: PNG decode + resize from disk
-(`model.data.load_image`, no cache) and `anomaly_maps` in batches, over all test files; best
+(`anomaflow.model.data.datasets.load_image`, no cache) and `anomaly_maps` in batches, over all test files; best
 of `--speed-repeats` passes, after one warm-up batch (the machine is shared; the best pass is
 the least disturbed one). Model-only throughput (already decoded arrays) is shown for reference.
 Prints a markdown table and writes all numbers as JSON with `--json`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     """One family end to end in this process; returns a JSON-able record."""
     import torch
 
-    from model import data, pipeline
-    from model.config import AutoencoderConfig, TrainConfig
+    from anomaflow.model import pipeline
+    from anomaflow.model.config import AutoencoderConfig, TrainConfig
+    from anomaflow.model.data import datasets as data
 
     threads = pipeline.configure_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -48,8 +50,14 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.epochs is not None and family == "autoencoder":
         overrides["autoencoder"] = AutoencoderConfig(epochs=args.epochs)
     cfg = TrainConfig(
-        data_root=str(args.data), category=args.category, detector=family, seed=args.seed,
-        cache_dir=args.cache_dir, num_threads=threads, keep_aspect=args.keep_aspect, **overrides,
+        data_root=str(args.data),
+        category=args.category,
+        detector=family,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        num_threads=threads,
+        keep_aspect=args.keep_aspect,
+        **overrides,
     )
     root, category = pipeline.resolve_data_root(cfg)
     ds = pipeline.load_dataset(root, category)
@@ -59,16 +67,15 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     def progress(rec: dict[str, Any]) -> None:
         if family == "autoencoder" and rec.get("epoch") and rec["epoch"] % 10 and rec["epoch"] != rec.get("epochs"):
             return
-        print(f"[{family}] " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
+        print(
+            f"[{family}] " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
+            flush=True,
+        )
 
     selection = None
     if family == "auto":  # the training flow's label-free choice; its time is what the run pays
-        from model.selection import select
-
         t0 = time.perf_counter()
-        selection = select(cfg, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), cfg.auto_budget_seconds,
-                           log=lambda m: print(f"[auto] {m}", flush=True))
-        selection, arrays = pipeline.choose_frame(cfg, ds, arrays, selection, None, log=lambda m: print(f"[auto] {m}", flush=True))
+        selection, arrays = pipeline.choose_detector(cfg, ds, arrays, log=lambda m: print(f"[auto] {m}", flush=True))
         det, history, fit_s = selection.detector, selection.history, time.perf_counter() - t0
         cfg = selection.config
     else:
@@ -137,10 +144,20 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    defects = sorted({k[len("pixel_iou_"):] for r in results for k in r["metrics"] if k.startswith("pixel_iou_") and k not in ("pixel_iou_oracle",)})
+    defects = sorted(
+        {
+            k[len("pixel_iou_") :]
+            for r in results
+            for k in r["metrics"]
+            if k.startswith("pixel_iou_") and k not in ("pixel_iou_oracle",)
+        }
+    )
     rows: list[tuple[str, list[str]]] = [
         ("image size (px)", [str(r["image_size"]) for r in results]),
-        ("image AUROC (decision score)", [f"{_fmt(r['metrics'].get('image_auroc'))} ({r['score_method']})" for r in results]),
+        (
+            "image AUROC (decision score)",
+            [f"{_fmt(r['metrics'].get('image_auroc'))} ({r['score_method']})" for r in results],
+        ),
         ("image AUROC, mean score", [_fmt(r["metrics"].get("image_auroc_mean")) for r in results]),
         ("image AUROC, max score", [_fmt(r["metrics"].get("image_auroc_max")) for r in results]),
         ("pixel AUROC", [_fmt(r["metrics"].get("pixel_auroc")) for r in results]),
@@ -150,14 +167,26 @@ def table(results: list[dict[str, Any]]) -> str:
         rows.append((f"IoU {d}", [_fmt(r["metrics"].get(f"pixel_iou_{d}")) for r in results]))
     rows += [
         ("IoU overall (mean)", [_fmt(r["metrics"].get("pixel_iou")) for r in results]),
-        ("IoU oracle (test-optimal threshold, not used)", [_fmt(r["metrics"].get("pixel_iou_oracle")) for r in results]),
+        (
+            "IoU oracle (test-optimal threshold, not used)",
+            [_fmt(r["metrics"].get("pixel_iou_oracle")) for r in results],
+        ),
         ("pixel threshold percentile (held-out normals)", [_fmt(r["pixel_threshold_percentile"], 2) for r in results]),
         ("image F1 at calibrated threshold", [_fmt(r["metrics"].get("f1")) for r in results]),
         ("fit seconds", [_fmt(r["fit_seconds"], 1) for r in results]),
         ("images/s incl. PNG decode + resize", [_fmt(r["images_per_second"], 1) for r in results]),
         ("images/s model only", [_fmt(r["model_only_images_per_second"], 1) for r in results]),
-        ("machine load (1-min avg) after the best pass", [_fmt(r["load_average_1min_after_passes"][int(np.argmax(r["images_per_second_passes"]))], 1) for r in results]),
-        ("memory bank (patches x dims)", [f"{r['bank_size']} x {r['feature_dim']}" if r.get("bank_size") else "–" for r in results]),
+        (
+            "machine load (1-min avg) after the best pass",
+            [
+                _fmt(r["load_average_1min_after_passes"][int(np.argmax(r["images_per_second_passes"]))], 1)
+                for r in results
+            ],
+        ),
+        (
+            "memory bank (patches x dims)",
+            [f"{r['bank_size']} x {r['feature_dim']}" if r.get("bank_size") else "–" for r in results],
+        ),
         ("peak memory (MiB)", [_fmt(r["peak_rss_mib"], 0) for r in results]),
     ]
     head = "| | " + " | ".join(r["family"] for r in results) + " |"
@@ -173,15 +202,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=None, help="autoencoder epochs (default: its config default)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per family")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=True,
-                    help="the training flow's frame (default); --no-keep-aspect squashes to a square")
+    ap.add_argument(
+        "--keep-aspect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the training flow's frame (default); --no-keep-aspect squashes to a square",
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="images per anomaly_maps call in the throughput loop")
     ap.add_argument("--speed-repeats", type=int, default=3)
-    ap.add_argument("--omp-wait-policy", default="PASSIVE",
-                    help="OMP_WAIT_POLICY for the family subprocesses ('' = leave as is). PASSIVE: idle OpenMP threads "
-                         "sleep instead of spinning, which keeps torch from collapsing when the 2 cores are shared")
-    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "anomaflow-bench-cache"),
-                    help="decoded-image cache for the quality runs (the throughput loop never uses it)")
+    ap.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY for the family subprocesses ('' = leave as is). PASSIVE: idle OpenMP threads "
+        "sleep instead of spinning, which keeps torch from collapsing when the 2 cores are shared",
+    )
+    ap.add_argument(
+        "--cache-dir",
+        default=str(Path(tempfile.gettempdir()) / "anomaflow-bench-cache"),
+        help="decoded-image cache for the quality runs (the throughput loop never uses it)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     ap.add_argument("--table-from", type=Path, default=None, help="only print the table of a JSON written by --json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -206,9 +245,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown families {unknown}; expected some of {FAMILIES}", file=sys.stderr)
         return 2
     results = []
-    passthrough = ["--data", str(args.data), "--category", args.category, "--threads", str(args.threads), "--seed", str(args.seed),
-                   "--batch-size", str(args.batch_size), "--speed-repeats", str(args.speed_repeats), "--cache-dir", args.cache_dir,
-                   "--keep-aspect" if args.keep_aspect else "--no-keep-aspect"]
+    passthrough = [
+        "--data",
+        str(args.data),
+        "--category",
+        args.category,
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--batch-size",
+        str(args.batch_size),
+        "--speed-repeats",
+        str(args.speed_repeats),
+        "--cache-dir",
+        args.cache_dir,
+        "--keep-aspect" if args.keep_aspect else "--no-keep-aspect",
+    ]
     if args.epochs is not None:
         passthrough += ["--epochs", str(args.epochs)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -218,18 +271,24 @@ def main(argv: list[str] | None = None) -> int:
         for fam in families:
             out = Path(tmp) / f"{fam}.json"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--child", fam, "--child-out", str(out), *passthrough], check=True, env=env)
+            subprocess.run(
+                [sys.executable, __file__, "--child", fam, "--child-out", str(out), *passthrough], check=True, env=env
+            )
             rec = json.loads(out.read_text())
             rec["wall_seconds"] = time.perf_counter() - t0
             results.append(rec)
     print()
-    print(f"## {args.category}: detector families ({args.threads} torch threads, {os.cpu_count()} CPUs, "
-          f"OMP_WAIT_POLICY={args.omp_wait_policy or os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    print(
+        f"## {args.category}: detector families ({args.threads} torch threads, {os.cpu_count()} CPUs, "
+        f"OMP_WAIT_POLICY={args.omp_wait_policy or os.environ.get('OMP_WAIT_POLICY', 'unset')})"
+    )
     print()
     print(table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"category": args.category, "data": str(args.data), "results": results}, indent=2, default=float))
+        args.json.write_text(
+            json.dumps({"category": args.category, "data": str(args.data), "results": results}, indent=2, default=float)
+        )
         print(f"\nwrote {args.json}")
     return 0
 

@@ -21,6 +21,7 @@ threshold is read off the test labels); recall and FPR at the calibrated thresho
 product does); fit seconds; inspection images/s including decode. Means over seeds, the spread
 (min-max) in brackets where it exceeds 0.005.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,8 @@ def resolve(spec: str) -> tuple[str, Path, str]:
         root, category = rest.rsplit(":", 1)
         return name, Path(root), category
     if spec == "demo":
-        from model.pipeline import DEMO_CATEGORY, default_home
-        from model.demo import make_demo_dataset
+        from anomaflow.model.data.demo import make_demo_dataset
+        from anomaflow.model.pipeline import DEMO_CATEGORY, default_home
 
         root = default_home() / "demo-data"
         make_demo_dataset(root, DEMO_CATEGORY, seed=0)
@@ -69,13 +70,44 @@ def resolve(spec: str) -> tuple[str, Path, str]:
     return (spec, *KNOWN[spec])
 
 
-def run(name: str, root: Path, category: str, family: str, seed: int, args: argparse.Namespace, tmp: Path, frame: str = "keep") -> dict:
+def run(
+    name: str,
+    root: Path,
+    category: str,
+    family: str,
+    seed: int,
+    args: argparse.Namespace,
+    tmp: Path,
+    frame: str = "keep",
+) -> dict:
     out = tmp / f"{name}-{family}-{seed}-{frame}.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "detectors.py"), "--child", family, "--child-out", str(out),
-           "--data", str(root), "--category", category, "--threads", str(args.threads), "--seed", str(seed),
-           "--speed-repeats", str(args.speed_repeats), "--cache-dir", args.cache_dir,
-           "--keep-aspect" if frame == "keep" else "--no-keep-aspect"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "detectors.py"),
+        "--child",
+        family,
+        "--child-out",
+        str(out),
+        "--data",
+        str(root),
+        "--category",
+        category,
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(seed),
+        "--speed-repeats",
+        str(args.speed_repeats),
+        "--cache-dir",
+        args.cache_dir,
+        "--keep-aspect" if frame == "keep" else "--no-keep-aspect",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     rec = json.loads(out.read_text())
@@ -96,17 +128,24 @@ def _cell(values: list[float | None], digits: int) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| dataset | family | frame (HxW) | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 4) + "|"]
+    lines = [
+        "| dataset | family | frame (HxW) | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 4) + "|",
+    ]
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in results:
         frame = "x".join(str(v) for v in r.get("frame") or (r["image_size"], r["image_size"]))
         frame += "" if r.get("keep_aspect", True) else " squashed"
         groups.setdefault((r["dataset"], r["family"], frame), []).append(r)
     for (name, family, frame), rs in groups.items():
-        cells = [_cell([get(r) for r in rs], 1 if col in ("fit s", "images/s incl. decode") else 3) for col, get in COLUMNS]
+        cells = [
+            _cell([get(r) for r in rs], 1 if col in ("fit s", "images/s incl. decode") else 3) for col, get in COLUMNS
+        ]
         if family == "auto":  # which candidate each seed chose
             family += " (" + ", ".join(str(r.get("auto_choice")) for r in rs) + ")"
-        lines.append(f"| {name} | {family} | {frame} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {family} | {frame} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -119,15 +158,27 @@ def save(path: Path | None, results: list[dict], skipped: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["bottle", "elpv_mono", "elpv_poly", "demo"])
-    ap.add_argument("--families", nargs="+", default=["patchcore", "autoencoder"], choices=["patchcore", "padim", "fusion", "autoencoder", "auto"])
+    ap.add_argument(
+        "--families",
+        nargs="+",
+        default=["patchcore", "autoencoder"],
+        choices=["patchcore", "padim", "fusion", "autoencoder", "auto"],
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--frames", nargs="+", default=["keep"], choices=["keep", "square"],
-                    help="keep: the training flow's frame (aspect ratio kept); square: squashed, for comparison")
+    ap.add_argument(
+        "--frames",
+        nargs="+",
+        default=["keep"],
+        choices=["keep", "square"],
+        help="keep: the training flow's frame (aspect ratio kept); square: squashed, for comparison",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-repeats", type=int, default=1)
     ap.add_argument("--cache-dir", default=str(REPO / ".anomaflow" / "cache"))
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, nargs="+", default=None, help="run nothing: print the table of earlier --json outputs")
+    ap.add_argument(
+        "--from-json", type=Path, nargs="+", default=None, help="run nothing: print the table of earlier --json outputs"
+    )
     args = ap.parse_args(argv)
     if args.from_json:
         print(table([r for p in args.from_json for r in json.loads(p.read_text())["results"]]))
@@ -144,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             for family, frame, seed in ((f, fr, sd) for f in args.families for fr in args.frames for sd in args.seeds):
                 rec = run(name, root, category, family, seed, args, Path(tmp), frame)
                 m = rec["metrics"]
-                print(f"{name} {family} {frame} seed {seed}: image_auroc={m.get('image_auroc', float('nan')):.4f} "
-                      f"pixel_auroc={m.get('pixel_auroc', float('nan')):.4f} fit={rec['fit_seconds']:.1f}s "
-                      f"({rec['wall_seconds']:.0f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"{name} {family} {frame} seed {seed}: image_auroc={m.get('image_auroc', float('nan')):.4f} "
+                    f"pixel_auroc={m.get('pixel_auroc', float('nan')):.4f} fit={rec['fit_seconds']:.1f}s "
+                    f"({rec['wall_seconds']:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results.append(rec)
                 save(args.json, results, skipped)  # after every run: an interrupted benchmark keeps what it measured
     save(args.json, results, skipped)

@@ -8,6 +8,7 @@ does not depend on quality), registers it in a temporary SQLite MLflow store, th
 (1) a bare loop: read bytes, decode + resize, model call, decide; (2) the flow: resolve alias,
 hash, decode, model call, decide, append rows, heat maps for DEFECTs. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.common import inbox_parser
 
 
 def build_inbox(src_files: list[Path], inbox: Path, copies: int) -> list[Path]:
@@ -48,10 +51,11 @@ def prepare(args: argparse.Namespace, work: Path, model_name: str):
     os.chdir(work)
     from mlflow.tracking import MlflowClient
 
-    from model import data, pipeline
-    from model.config import AutoencoderConfig, TrainConfig
-    from model.demo import make_demo_dataset
-    from tasks import tracking
+    from anomaflow.model import pipeline
+    from anomaflow.model.config import AutoencoderConfig, TrainConfig
+    from anomaflow.model.data import datasets as data
+    from anomaflow.model.data.demo import make_demo_dataset
+    from anomaflow.tasks import tracking
 
     root = Path(args.data)
     if not (root / args.category).is_dir():
@@ -60,7 +64,12 @@ def prepare(args: argparse.Namespace, work: Path, model_name: str):
         make_demo_dataset(root, "demo")
     threads = pipeline.configure_threads(args.threads)
     ds = data.scan_mvtec(root, args.category)
-    cfg = TrainConfig(data_root=str(root), category=args.category, detector="autoencoder", autoencoder=AutoencoderConfig(image_size=args.image_size, epochs=1))
+    cfg = TrainConfig(
+        data_root=str(root),
+        category=args.category,
+        detector="autoencoder",
+        autoencoder=AutoencoderConfig(image_size=args.image_size, epochs=1),
+    )
     arrays = pipeline.load_arrays(ds, cfg)
     det, _, _ = pipeline.fit_detector(cfg, arrays, progress=lambda r: None)
     pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout))
@@ -72,7 +81,8 @@ def prepare(args: argparse.Namespace, work: Path, model_name: str):
 
 
 def bare_loop(det, files: list[Path], batch_size: int) -> float:
-    from model.calibration import decide
+    from anomaflow.model.evaluation.calibration import decide
+
     t0 = time.perf_counter()
     for i in range(0, len(files), batch_size):
         batch = det.preprocessing.batch([(f, f.read_bytes()) for f in files[i : i + batch_size]])
@@ -82,11 +92,7 @@ def bare_loop(det, files: list[Path], batch_size: int) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mvtec_ad"))
-    ap.add_argument("--category", default="bottle")
-    ap.add_argument("--copies", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap = inbox_parser(__doc__, copies=3)
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -97,13 +103,17 @@ def main(argv=None) -> int:
     det, files, threads = prepare(args, work, name)
     print(f"{len(files)} images, model at {args.image_size}px, {threads} torch threads", file=sys.stderr)
 
-    from flows.inspection import batch_inspection
+    from anomaflow.flows.inspection import batch_inspection
 
     bare_loop(det, files[: args.batch_size], args.batch_size)  # warm-up
     bare_s = bare_loop(det, files, args.batch_size)
-    batch_inspection(input_dir=str(work / "inbox"), output_dir=str(work / "warm"), model_name=name, batch_size=args.batch_size)
+    batch_inspection(
+        input_dir=str(work / "inbox"), output_dir=str(work / "warm"), model_name=name, batch_size=args.batch_size
+    )
     t0 = time.perf_counter()
-    res = batch_inspection(input_dir=str(work / "inbox"), output_dir=str(work / "out"), model_name=name, batch_size=args.batch_size)
+    res = batch_inspection(
+        input_dir=str(work / "inbox"), output_dir=str(work / "out"), model_name=name, batch_size=args.batch_size
+    )
     flow_s = time.perf_counter() - t0
     n = len(files)
     inspect_rate = res["images_per_second"]
@@ -115,10 +125,17 @@ def main(argv=None) -> int:
     print("\n| path | images/s | ratio vs bare |\n| --- | --- | --- |")
     for label, rate, ratio in rows:
         print(f"| {label} | {rate:.1f} | {ratio:.2f} |")
-    print(f"\n{n} images ({args.category} test x{args.copies}), batch {args.batch_size}, {args.image_size}px, {threads} threads; "
-          f"decisions: NORMAL {res['NORMAL']}, DEFECT {res['DEFECT']}, ERROR {res['ERROR']}")
+    print(
+        f"\n{n} images ({args.category} test x{args.copies}), batch {args.batch_size}, "
+        f"{args.image_size}px, {threads} threads; "
+        f"decisions: NORMAL {res['NORMAL']}, DEFECT {res['DEFECT']}, ERROR {res['ERROR']}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"images": n, "bare_ips": n / bare_s, "task_ips": inspect_rate, "flow_ips": n / flow_s}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"images": n, "bare_ips": n / bare_s, "task_ips": inspect_rate, "flow_ips": n / flow_s}, indent=2
+            )
+        )
     return 0
 
 

@@ -11,12 +11,12 @@ defects made from them: the only numbers to choose by). Per search method on the
 seconds for all held-out + synthetic patches, the largest relative error of the patch distances
 against the exact search, and the synthetic image AUROC. Both libraries get the same threads.
 """
+
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from statistics import mean
 
 import numpy as np
 import torch
@@ -24,12 +24,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, patchcore_seed_configs, replay, seeded_parser, store_runs  # noqa: E402
-from model import metrics, pipeline  # noqa: E402
-from model.config import TrainConfig  # noqa: E402
-from model.patchcore import greedy_coreset, nearest_distances  # noqa: E402
-from model.scoring import gaussian_blur, image_scores  # noqa: E402
-from model.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model import pipeline  # noqa: E402
+from anomaflow.model.config import TrainConfig  # noqa: E402
+from anomaflow.model.data.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model.detectors.patchcore import greedy_coreset, nearest_distances  # noqa: E402
+from anomaflow.model.detectors.scoring import gaussian_blur, image_scores  # noqa: E402
+from anomaflow.model.evaluation import metrics
+from benchmarks import common
 
 
 def maps_from(dist: np.ndarray, shape: tuple[int, int, int], det) -> np.ndarray:
@@ -42,15 +43,9 @@ def maps_from(dist: np.ndarray, shape: tuple[int, int, int], det) -> np.ndarray:
 def run_seed(cfg: TrainConfig, ds, train_limit: int | None, kmeans: bool = True) -> list[dict]:
     import faiss
 
-    arrays = pipeline.load_arrays(ds, cfg, log=lambda m: print(m, file=sys.stderr))
-    fit = arrays.fit
-    if train_limit is not None and train_limit < len(fit):
-        fit = fit[np.sort(np.random.default_rng(cfg.seed).permutation(len(fit))[:train_limit])]
-    det = pipeline.builder(arrays)(cfg)
-    t0 = time.perf_counter()
-    patches = det.features(fit)
-    patches = patches.reshape(-1, patches.shape[-1]).contiguous()
-    feature_s = time.perf_counter() - t0
+    arrays, fit, det, patches, feature_s = common.fit_patches(
+        cfg, ds, train_limit, log=lambda m: print(m, file=sys.stderr)
+    )
     n_bank = det.bank_size_for(patches.shape[0])
     syn_imgs, syn_masks, _ = synthetic_set(arrays.holdout, seed=cfg.seed)
     queries_img = np.concatenate([arrays.holdout, syn_imgs])
@@ -80,9 +75,21 @@ def run_seed(cfg: TrainConfig, ds, train_limit: int | None, kmeans: bool = True)
     for name, (bank, seconds) in banks.items():
         dist = nearest_distances(q, bank).numpy()
         img, pix = quality(dist)
-        rows.append({"step": "bank", "method": name, "seed": cfg.seed, "seconds": seconds, "fit_seconds": feature_s + seconds,
-                     "fit_images": len(fit), "bank": int(bank.shape[0]),
-                     "patches": int(patches.shape[0]), "syn_image_auroc": img, "syn_pixel_auroc": pix, "max_rel_error": 0.0})
+        rows.append(
+            {
+                "step": "bank",
+                "method": name,
+                "seed": cfg.seed,
+                "seconds": seconds,
+                "fit_seconds": feature_s + seconds,
+                "fit_images": len(fit),
+                "bank": int(bank.shape[0]),
+                "patches": int(patches.shape[0]),
+                "syn_image_auroc": img,
+                "syn_pixel_auroc": pix,
+                "max_rel_error": 0.0,
+            }
+        )
 
     bank = banks["greedy coreset (ours)"][0].contiguous()
     t0 = time.perf_counter()
@@ -103,46 +110,62 @@ def run_seed(cfg: TrainConfig, ds, train_limit: int | None, kmeans: bool = True)
     for name, (dist, seconds) in searches.items():
         img, pix = quality(dist)
         rel = float(np.max(np.abs(dist - exact) / np.maximum(exact, 1e-6)))
-        rows.append({"step": "search", "method": name, "seed": cfg.seed, "seconds": seconds, "bank": int(bank.shape[0]),
-                     "patches": int(q.shape[0]), "syn_image_auroc": img, "syn_pixel_auroc": pix, "max_rel_error": rel})
+        rows.append(
+            {
+                "step": "search",
+                "method": name,
+                "seed": cfg.seed,
+                "seconds": seconds,
+                "bank": int(bank.shape[0]),
+                "patches": int(q.shape[0]),
+                "syn_image_auroc": img,
+                "syn_pixel_auroc": pix,
+                "max_rel_error": rel,
+            }
+        )
     for r in rows:
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), file=sys.stderr, flush=True)
+        common.log_row(r)
     return rows
 
 
+COUNTS = ("fit_images", "bank", "patches")
+
+
+def counted(col: str) -> str:
+    """How report prints a column's mean: counts whole, seconds to 0.1, the rest to 4 decimals."""
+    return ".0f" if col in COUNTS else ".1f" if col.endswith("seconds") else ".4f"
+
+
 def report(runs: list[dict], title: str) -> str:
-    cols = ["fit_images", "bank", "patches", "seconds", "fit_seconds", "syn_image_auroc", "syn_pixel_auroc", "max_rel_error"]
-    lines = [title, "", "| step | method | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 2) + "|"]
-    for key in dict.fromkeys((r["step"], r["method"]) for r in runs):
-        rs = [r for r in runs if (r["step"], r["method"]) == key]
-        cells = ["–" if c not in rs[0] else f"{mean(float(r[c]) for r in rs):.0f}" if c in ("fit_images", "bank", "patches") else
-                 f"{mean(float(r[c]) for r in rs):.1f}" if c.endswith("seconds") else f"{mean(float(r[c]) for r in rs):.4f}" for c in cols]
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
-    return emit(lines)
+    cols = [*COUNTS, "seconds", "fit_seconds", "syn_image_auroc", "syn_pixel_auroc", "max_rel_error"]
+    return common.emit([title, "", *common.mean_table(runs, ["step", "method"], cols, counted)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = seeded_parser(__doc__)
+    ap = common.seeded_parser(__doc__)
     ap.add_argument("--train-limit", type=int, default=None, help="use at most this many fit images")
     ap.add_argument("--no-kmeans", action="store_true", help="skip the k-means bank (minutes on 800 images)")
     args = ap.parse_args(argv)
-    if replay(args, report):
+    if common.replay(args, report):
         return 0
     threads = pipeline.configure_threads(args.threads)
     try:
         import faiss
     except ImportError:
-        print("faiss-cpu is not installed (a dependency of anomaflow since issue 12): make install", file=sys.stderr)
+        print("faiss-cpu is not installed (a dependency of anomaflow): make install", file=sys.stderr)
         return 2
     faiss.omp_set_num_threads(threads)
     ds = pipeline.load_dataset(Path(args.data), args.category)
     runs = []
-    for cfg in patchcore_seed_configs(args, threads):
+    for cfg in common.patchcore_seed_configs(args, threads):
         runs += run_seed(cfg, ds, args.train_limit, kmeans=not args.no_kmeans)
-    title = (f"PatchCore bank selection and nearest-neighbour search on {args.category}, ours vs faiss-cpu {faiss.__version__}, "
-             f"{threads} threads, seeds {args.seeds}: syn_* = held-out normals + synthetic defects")
+    title = (
+        f"PatchCore bank selection and nearest-neighbour search on {args.category}, "
+        f"ours vs faiss-cpu {faiss.__version__}, "
+        f"{threads} threads, seeds {args.seeds}: syn_* = held-out normals + synthetic defects"
+    )
     report(runs, title)
-    store_runs(args.json, title, runs)
+    common.store_runs(args.json, title, runs)
     return 0
 
 

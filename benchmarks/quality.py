@@ -6,9 +6,10 @@
 
 For every run: fit on train/good (fit part), calibrate on the held-out normal part, then
 (a) SELECTION metrics on held-out normals + synthetic anomalies made from them
-(model/synthetic.py) and (b) REPORTED metrics on the test split. Choose configurations by (a);
+(model/data/synthetic.py) and (b) REPORTED metrics on the test split. Choose configurations by (a);
 (b) is only reported. Prints a markdown table of means over seeds and writes all runs as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from model import data, metrics, pipeline  # noqa: E402
-from model.config import AutoencoderConfig, TrainConfig  # noqa: E402
-from model.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model import pipeline  # noqa: E402
+from anomaflow.model.config import AutoencoderConfig, TrainConfig  # noqa: E402
+from anomaflow.model.data import datasets as data
+from anomaflow.model.data.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model.evaluation import metrics
+from benchmarks.common import train_config
 
 # Named configurations: overrides of AutoencoderConfig (and TrainConfig for score_method).
 CONFIGS: dict[str, dict] = {
@@ -40,14 +44,32 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def make_config(name: str, seed: int, root: Path, category: str, cache_dir: str | None, threads: int | None, epochs: int | None = None) -> TrainConfig:
+def make_config(
+    name: str,
+    seed: int,
+    root: Path,
+    category: str,
+    cache_dir: str | None,
+    threads: int | None,
+    epochs: int | None = None,
+) -> TrainConfig:
     spec = CONFIGS[name]
     ae = AutoencoderConfig(**{**spec.get("ae", {}), **({"epochs": epochs} if epochs else {})})
-    return TrainConfig(data_root=str(root), category=category, detector="autoencoder", autoencoder=ae, seed=seed, cache_dir=cache_dir,
-                       num_threads=threads, score_method=spec.get("score_method", TrainConfig(detector="autoencoder").score_method))
+    return train_config(
+        root,
+        category,
+        seed,
+        threads,
+        cache_dir,
+        detector="autoencoder",
+        autoencoder=ae,
+        score_method=spec.get("score_method", TrainConfig(detector="autoencoder").score_method),
+    )
 
 
-def evaluate_variant(det, cfg: TrainConfig, arrays: pipeline.Arrays, syn_imgs: np.ndarray, syn_masks: np.ndarray) -> dict:
+def evaluate_variant(
+    det, cfg: TrainConfig, arrays: pipeline.Arrays, syn_imgs: np.ndarray, syn_masks: np.ndarray
+) -> dict:
     """Calibrate on held-out normals, then (a) selection metrics and (b) test metrics."""
     holdout = det.score(arrays.holdout)
     pipeline.calibrate_detector(det, cfg, holdout)
@@ -56,9 +78,13 @@ def evaluate_variant(det, cfg: TrainConfig, arrays: pipeline.Arrays, syn_imgs: n
     labels = np.r_[np.zeros(len(arrays.holdout)), np.ones(len(syn_imgs))]
     scores = np.r_[holdout.scores[cfg.score_method], syn.scores[cfg.score_method]]
     normal_masks = np.zeros((len(arrays.holdout),) + syn_masks.shape[1:], bool)
-    sel = {"syn_image_auroc": metrics.image_auroc(labels, scores),
-           "syn_pixel_auroc": metrics.pixel_auroc(syn_masks, syn.maps),
-           "syn_pixel_aupro": metrics.pixel_aupro(np.concatenate([normal_masks, syn_masks]), np.concatenate([holdout.maps, syn.maps]))}
+    sel = {
+        "syn_image_auroc": metrics.image_auroc(labels, scores),
+        "syn_pixel_auroc": metrics.pixel_auroc(syn_masks, syn.maps),
+        "syn_pixel_aupro": metrics.pixel_aupro(
+            np.concatenate([normal_masks, syn_masks]), np.concatenate([holdout.maps, syn.maps])
+        ),
+    }
     # (b) report: the test split.
     t0 = time.perf_counter()
     test = det.score(arrays.test)
@@ -76,8 +102,12 @@ def run_one(cfg: TrainConfig, ds: data.Dataset, map_sigmas: list[float], save_di
     own = cfg.autoencoder.map_sigma  # the configuration as defined always comes first
     for sigma in [own, *(s for s in map_sigmas if s != own)]:
         det.config = det.config.model_copy(update={"map_sigma": sigma})
-        out[sigma] = {**evaluate_variant(det, cfg, arrays, syn_imgs, syn_masks), "train_seconds": train_s,
-                      "epochs": cfg.autoencoder.epochs, "map_sigma": sigma}
+        out[sigma] = {
+            **evaluate_variant(det, cfg, arrays, syn_imgs, syn_masks),
+            "train_seconds": train_s,
+            "epochs": cfg.autoencoder.epochs,
+            "map_sigma": sigma,
+        }
         if save_dir is not None and sigma == own:
             det.save(save_dir)  # calibrated (evaluate_variant set its thresholds), with its own smoothing
     return out
@@ -93,11 +123,21 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None, help="override every configuration's epochs (smoke runs)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--map-sigmas", nargs="*", type=float, default=[],
-                    help="also evaluate each trained model with these anomaly-map smoothings (scoring only, no retraining)")
+    ap.add_argument(
+        "--map-sigmas",
+        nargs="*",
+        type=float,
+        default=[],
+        help="also evaluate each trained model with these anomaly-map smoothings (scoring only, no retraining)",
+    )
     ap.add_argument("--save-models", type=Path, default=None, help="save each trained detector under this folder")
-    ap.add_argument("--from-json", type=Path, nargs="+", default=None,
-                    help="train nothing: print the table of earlier --json outputs (merged)")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="train nothing: print the table of earlier --json outputs (merged)",
+    )
     args = ap.parse_args(argv)
     if args.from_json:
         merged: dict[str, list[dict]] = {}
@@ -118,10 +158,16 @@ def main(argv=None) -> int:
             for sigma, r in run_one(cfg, ds, args.map_sigmas, save).items():
                 label = name if sigma == cfg.autoencoder.map_sigma else f"{name}@map_sigma={sigma:g}"
                 results.setdefault(label, []).append({"seed": seed, **r})
-                print(f"{label} seed {seed}: syn_image_auroc={r['syn_image_auroc']:.4f} syn_pixel_auroc={r['syn_pixel_auroc']:.4f} "
-                      f"syn_pixel_aupro={r['syn_pixel_aupro']:.4f} | image_auroc={r['image_auroc']:.4f} "
-                      f"pixel_auroc={r['pixel_auroc']:.4f} pixel_aupro={r['pixel_aupro']:.4f} pixel_iou={r['pixel_iou']:.4f} "
-                      f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"{label} seed {seed}: syn_image_auroc={r['syn_image_auroc']:.4f} "
+                    f"syn_pixel_auroc={r['syn_pixel_auroc']:.4f} "
+                    f"syn_pixel_aupro={r['syn_pixel_aupro']:.4f} | image_auroc={r['image_auroc']:.4f} "
+                    f"pixel_auroc={r['pixel_auroc']:.4f} "
+                    f"pixel_aupro={r['pixel_aupro']:.4f} pixel_iou={r['pixel_iou']:.4f} "
+                    f"({time.perf_counter() - t0:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=2, default=float))
@@ -144,12 +190,26 @@ def report(results: dict[str, list[dict]], category: str) -> str:
     """Markdown table of means over seeds, best selection score first; printed and returned."""
     first = next(iter(results.values()))[0]
     defects = sorted(k for k in first if k.startswith("pixel_iou_") and k != "pixel_iou_oracle")
-    cols = [*SELECTION, "image_auroc", "image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou",
-            *defects, "train_seconds", "images_per_second"]
+    cols = [
+        *SELECTION,
+        "image_auroc",
+        "image_auroc_mean",
+        "image_auroc_max",
+        "pixel_auroc",
+        "pixel_aupro",
+        "pixel_iou",
+        *defects,
+        "train_seconds",
+        "images_per_second",
+    ]
     ranked = sorted(results.items(), key=lambda kv: -mean(selection_score(r) for r in kv[1]))
-    lines = [f"Means over seeds on {category}. selection = mean of the syn_* metrics (held-out normals + synthetic "
-             "defects); everything after it is the test split, reported only. images_per_second: model only, decoded input.",
-             "", "| config | seeds | selection | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 3) + "|"]
+    lines = [
+        f"Means over seeds on {category}. selection = mean of the syn_* metrics (held-out normals + synthetic "
+        "defects); everything after it is the test split, reported only. images_per_second: model only, decoded input.",
+        "",
+        "| config | seeds | selection | " + " | ".join(cols) + " |",
+        "| --- " * (len(cols) + 3) + "|",
+    ]
     for name, runs in ranked:
         vals = [mean(float(r[c]) for r in runs) for c in cols]
         cells = [f"{v:.1f}" if c in ("train_seconds", "images_per_second") else f"{v:.3f}" for c, v in zip(cols, vals)]

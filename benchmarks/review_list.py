@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/review_list.py [--rows 10000] [--repeats 5]
 
-Generates an inspection folder (review.sample; images for the first 50 rows only), labels 500
+Generates an inspection folder (anomaflow.review.sample; images for the first 50 rows only), labels 500
 parts, then times GET requests of the list page in-process (FastAPI TestClient: the server's own
 work, no network): first page by score, a deep page, a filter on decision and review state, a
 sort by path, and a part view. Prints the median and the worst of --repeats per request.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from fastapi.testclient import TestClient
 
-    from review.app import create_app
-    from review.sample import make_inspection_folder
+    from anomaflow.review.app import create_app
+    from anomaflow.review.sample import make_inspection_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -49,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             "overview (counts, histogram)": "/",
             "part view": f"/parts/{rows['sha256'].iloc[0]}",
         }
-        lines = [f"## Review app on {args.rows} rows (500 labelled), {args.repeats} requests each", "",
-                 "| request | median ms | worst ms |", "|---|---|---|"]
+        lines = [
+            f"## Review app on {args.rows} rows (500 labelled), {args.repeats} requests each",
+            "",
+            "| request | median ms | worst ms |",
+            "|---|---|---|",
+        ]
         for name, url in requests.items():
             times = []
             for _ in range(args.repeats):

@@ -5,12 +5,13 @@
 
 Per row: a copy of the category (hard links where the file system allows) whose train/good also
 holds N of its test defects (seeded, spread over the defect types; the test split keeps the rest).
-The screen (model.screen, the training flow's default) runs on train/good; then the default
+The screen (anomaflow.model.data.screen, the training flow's default) runs on train/good; then the default
 PatchCore is fitted, calibrated on its held-out part and evaluated on the rest of the test split,
 once on everything in train/good and once with the screen's suspects left out (--exclude-suspects).
 Printed: planted defects flagged, good images flagged, screen seconds, and image AUROC / calibrated
-recall / test FPR of both fits. The z limit is fixed in model.screen, not tuned on these rows.
+recall / test FPR of both fits. The z limit is fixed in anomaflow.model.data.screen, not tuned on these rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import category_parser, emit, printed_stored, save_rows  # noqa: E402
-from model.curation import _link_or_copy  # noqa: E402  (hard link, or a copy across file systems)
+from anomaflow.model.data.curation import _link_or_copy  # noqa: E402  (hard link, or a copy across file systems)
+from benchmarks.common import category_parser, emit, printed_stored, row_table, save_rows  # noqa: E402
 
 
 def contaminated_copy(root: Path, category: str, planted: int, seed: int, work: Path) -> tuple[Path, list[str]]:
@@ -53,42 +54,62 @@ def contaminated_copy(root: Path, category: str, planted: int, seed: int, work: 
 
 
 def fit_and_evaluate(cfg, arrays) -> dict[str, float]:
-    from model import pipeline
+    from anomaflow.model import pipeline
 
     det, _, fit_s = pipeline.fit_detector(cfg, arrays, progress=None)
     pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout, arrays.holdout_valid))
     ev = pipeline.evaluate_split(det, arrays, det.score(arrays.test, arrays.test_valid), cfg.score_method)
-    return {"image_auroc": ev.metrics["image_auroc"], "recall": ev.metrics["recall"],
-            "fpr": ev.metrics["false_positive_rate"], "fit_s": fit_s}
+    return {
+        "image_auroc": ev.metrics["image_auroc"],
+        "recall": ev.metrics["recall"],
+        "fpr": ev.metrics["false_positive_rate"],
+        "fit_s": fit_s,
+    }
 
 
 def run(root: Path, category: str, planted: int, seed: int, threads: int | None) -> dict:
-    from model import pipeline
-    from model.config import TrainConfig
+    from anomaflow.model import pipeline
+    from anomaflow.model.config import TrainConfig
 
     pipeline.configure_threads(threads)
     with tempfile.TemporaryDirectory(dir=REPO / ".anomaflow") as tmp:
         work, names = contaminated_copy(root, category, planted, seed, Path(tmp))
-        cfg = TrainConfig(data_root=str(work), category=category, detector="patchcore", seed=seed, num_threads=threads)  # fresh copies: no cache
+        cfg = TrainConfig(
+            data_root=str(work), category=category, detector="patchcore", seed=seed, num_threads=threads
+        )  # fresh copies: no cache
         arrays = pipeline.load_arrays(pipeline.load_dataset(work, category), cfg, log=lambda m: None)
         found = pipeline.screen_training_set(cfg, arrays, log=lambda m: print(f"[{planted}] {m}", flush=True))
         flagged = [found.names[i] for i in found.suspects]
-        row = {"planted": planted, "good_images": len(found.names), "flagged_planted": sum(n in names for n in flagged),
-               "flagged_good": sum(n not in names for n in flagged), "screen_s": found.seconds,
-               "all": fit_and_evaluate(cfg, arrays)}
-        row["excluded"] = fit_and_evaluate(cfg, pipeline.without_suspects(arrays, found)[0]) if found.suspects else row["all"]
+        row = {
+            "planted": planted,
+            "good_images": len(found.names),
+            "flagged_planted": sum(n in names for n in flagged),
+            "flagged_good": sum(n not in names for n in flagged),
+            "screen_s": found.seconds,
+            "all": fit_and_evaluate(cfg, arrays),
+        }
+        row["excluded"] = (
+            fit_and_evaluate(cfg, pipeline.without_suspects(arrays, found)[0]) if found.suspects else row["all"]
+        )
     print(f"[{planted}] {json.dumps(row)}", flush=True)
     return row
 
 
-def table(rows: list[dict]) -> list[str]:
-    lines = ["| planted defects | flagged planted | flagged good | screen s | all: AUROC / recall / FPR | excluded: AUROC / recall / FPR |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        a, e = r["all"], r["excluded"]
-        lines.append(f"| {r['planted']} of {r['good_images']} | {r['flagged_planted']} | {r['flagged_good']} | {r['screen_s']:.1f} | "
-                     f"{a['image_auroc']:.3f} / {a['recall']:.3f} / {a['fpr']:.3f} | {e['image_auroc']:.3f} / {e['recall']:.3f} / {e['fpr']:.3f} |")
-    return lines
+HEADS = (  # the table's columns
+    "planted defects | flagged planted | flagged good | screen s | all: AUROC / recall / FPR | "
+    "excluded: AUROC / recall / FPR"
+)
+
+
+def cells(r: dict) -> list[str]:
+    fits = [f"{f['image_auroc']:.3f} / {f['recall']:.3f} / {f['fpr']:.3f}" for f in (r["all"], r["excluded"])]
+    return [
+        f"{r['planted']} of {r['good_images']}",
+        f"{r['flagged_planted']}",
+        f"{r['flagged_good']}",
+        f"{r['screen_s']:.1f}",
+        *fits,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--planted", nargs="+", type=int, default=[0, 10, 20])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    table = row_table(HEADS, cells)
     if printed_stored(args, table):
         return 0
     (REPO / ".anomaflow").mkdir(exist_ok=True)

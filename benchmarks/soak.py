@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/soak.py [--images 5000] [--size 64] [--batch-size 16] [--defect-rate 0.1]
 
-Generates `--images` distinct parts with the demo generator (`model.demo`; a share of them
+Generates `--images` distinct parts with the demo generator (`anomaflow.model.data.demo`; a share of them
 with a painted defect), trains a small autoencoder on separate good renders, calibrates its
 threshold on held-out good renders, then inspects the whole inbox in ONE call to
-`model.inspection.inspect_files` (the loop the batch-inspection flow runs: hash, decode,
+`anomaflow.model.operations.inspection.inspect_files` (the loop the batch-inspection flow runs: hash, decode,
 score, decide, heat maps for DEFECTs, rows appended and fsynced per batch). A progress hook
 samples the resident set (VmRSS), its peak (VmHWM) and the throughput of each window.
 
@@ -14,6 +14,7 @@ last window and RSS growth after warm-up (from the end of the first window to th
 Exits 1 when that growth exceeds --max-growth-mb (a leak), or results.csv does not hold
 exactly one row per image.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def generate(inbox: Path, n: int, size: int, defect_rate: float, seed: int) -> i
     """n distinct PNG parts (good renders; `defect_rate` of them with a defect); returns #defects."""
     from PIL import Image
 
-    from model.demo import DEFECT_TYPES, add_defect, render_part
+    from anomaflow.model.data.demo import DEFECT_TYPES, add_defect, render_part
 
     inbox.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -78,17 +79,21 @@ def generate(inbox: Path, n: int, size: int, defect_rate: float, seed: int) -> i
 
 
 def train(size: int, n_train: int, epochs: int, seed: int):
-    from model.autoencoder import AutoencoderDetector
-    from model import pipeline
-    from model.config import AutoencoderConfig, TrainConfig
-    from model.demo import render_part
+    from anomaflow.model import pipeline
+    from anomaflow.model.config import AutoencoderConfig, TrainConfig
+    from anomaflow.model.data.demo import render_part
+    from anomaflow.model.detectors.autoencoder import AutoencoderDetector
 
     rng = np.random.default_rng(seed + 1)
     good = np.stack([render_part(rng, size) for _ in range(n_train)])
     holdout = np.stack([render_part(rng, size) for _ in range(max(8, n_train // 4))])
-    det = AutoencoderDetector(AutoencoderConfig(image_size=size, base_channels=8, latent_channels=8, epochs=epochs, batch_size=16), seed=seed)
+    det = AutoencoderDetector(
+        AutoencoderConfig(image_size=size, base_channels=8, latent_channels=8, epochs=epochs, batch_size=16), seed=seed
+    )
     det.fit(good, holdout, progress=None)
-    pipeline.calibrate_detector(det, TrainConfig(detector="autoencoder"), det.score(holdout))  # the training flow's calibration
+    pipeline.calibrate_detector(
+        det, TrainConfig(detector="autoencoder"), det.score(holdout)
+    )  # the training flow's calibration
     return det
 
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from model import inspection
+    from anomaflow.model.operations import inspection
 
     torch.set_num_threads(args.threads)
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="anomaflow-soak-")
@@ -122,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         det = train(args.size, args.train_images, args.epochs, args.seed)
         train_s = time.perf_counter() - t0
-        print(f"generated {args.images} images ({n_defects} with a defect, {args.size}px) in {gen_s:.1f}s; "
-              f"trained in {train_s:.1f}s; threshold {det.threshold:.6g}; torch threads {torch.get_num_threads()}")
+        print(
+            f"generated {args.images} images ({n_defects} with a defect, {args.size}px) in {gen_s:.1f}s; "
+            f"trained in {train_s:.1f}s; threshold {det.threshold:.6g}; torch threads {torch.get_num_threads()}"
+        )
 
         files = inspection.list_inbox(inbox)
         samples = [Sample(0, time.perf_counter(), rss_mb(), peak_mb())]
@@ -132,8 +139,17 @@ def main(argv: list[str] | None = None) -> int:
             samples.append(Sample(done, time.perf_counter(), rss_mb(), peak_mb()))
 
         with inspection.Ledger(out) as ledger:
-            summary = inspection.inspect_files(det, files, inbox, ledger, model_name="soak", model_version="1",
-                                               threshold=det.threshold, batch_size=args.batch_size, progress=progress)
+            summary = inspection.inspect_files(
+                det,
+                files,
+                inbox,
+                ledger,
+                model_name="soak",
+                model_version="1",
+                threshold=det.threshold,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
         rows = inspection.read_results(out / inspection.RESULTS_FILE)
         return report(args, samples, summary, rows, len(files))
     finally:
@@ -169,15 +185,19 @@ def report(args: argparse.Namespace, samples: list[Sample], summary, rows: list[
     print(f"| end (last {last.done - last_start.done} images) | {end_rate:.0f} | {last.rss:.1f} | {last.peak:.1f} |")
     print()
     counts = summary.counts()
-    print(f"{summary.inspected} inspected in {summary.seconds:.1f}s ({summary.images_per_second:.0f} images/s overall); "
-          f"NORMAL {counts['NORMAL']}, DEFECT {counts['DEFECT']}, ERROR {counts['ERROR']}; results.csv rows: {len(rows)}")
-    print(f"RSS growth after warm-up: {growth:+.1f} MB (limit {args.max_growth_mb:.0f} MB); "
-          f"peak RSS start {first_end.peak:.1f} MB -> end {last.peak:.1f} MB")
+    print(
+        f"{summary.inspected} inspected in {summary.seconds:.1f}s ({summary.images_per_second:.0f} images/s overall); "
+        f"NORMAL {counts['NORMAL']}, DEFECT {counts['DEFECT']}, ERROR {counts['ERROR']}; results.csv rows: {len(rows)}"
+    )
+    print(
+        f"RSS growth after warm-up: {growth:+.1f} MB (limit {args.max_growth_mb:.0f} MB); "
+        f"peak RSS start {first_end.peak:.1f} MB -> end {last.peak:.1f} MB"
+    )
     ok = True
     if growth > args.max_growth_mb:
         print(f"FAIL: resident memory grew by {growth:.1f} MB over the run (leak?)")
         ok = False
-    if len(rows) != n_files or len({r['sha256'] for r in rows}) != n_files:
+    if len(rows) != n_files or len({r["sha256"] for r in rows}) != n_files:
         print(f"FAIL: {len(rows)} rows for {n_files} images")
         ok = False
     return 0 if ok else 1

@@ -11,6 +11,7 @@ seeded into test/good and the bases of the synthetic defects. Derived from MVTec
 4.0): keep DEST out of the repository (data/ is ignored). A second run with the same seed writes
 the same files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,15 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN = 150
-CROPS = {  # name -> (crop boxes as fractions of the 900x900 image: left, top, right, bottom; image i takes box i % n), grayscale
+CROPS = {  # name -> (crop boxes as fractions of the 900x900 image: left, top, right, bottom;
+    # image i takes box i % n), grayscale
     "bottle_tall": ([(0.3, 0.0, 0.7, 1.0)], True),
     "bottle_wide": ([(0.0, 0.3, 1.0, 0.7)], False),
     # mixed shapes in one product, like tile crops: 1:1, 1:1.67, 1:2.5, 1.67:1, 2.5:1
-    "bottle_mixed": ([(0.0, 0.0, 1.0, 1.0), (0.2, 0.0, 0.8, 1.0), (0.3, 0.0, 0.7, 1.0), (0.0, 0.2, 1.0, 0.8), (0.0, 0.3, 1.0, 0.7)], True),
+    "bottle_mixed": (
+        [(0.0, 0.0, 1.0, 1.0), (0.2, 0.0, 0.8, 1.0), (0.3, 0.0, 0.7, 1.0), (0.0, 0.2, 1.0, 0.8), (0.0, 0.3, 1.0, 0.7)],
+        True,
+    ),
 }
 
 

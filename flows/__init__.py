@@ -1,0 +1,1 @@
+"""The Prefect flows (each reads as the pipeline diagram) and the anomaflow command line."""

@@ -6,6 +6,7 @@ or ANOMAFLOW_DASK_ADDRESS) or dask_workers > 0 (a temporary LocalCluster), the s
 subflow stays the single writer of results.csv. (A flow's task runner is fixed when it starts,
 hence the subflow.)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,17 +15,32 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.states import Completed
 
-from model.inspection import InspectionSummary
-from model.drift import DriftLimits
-from tasks.inspection import (
-    ModelRef, check_drift, dask_task_runner, inspect_images, publish_inspection, resolve_dask_address, resolve_model, run_shards,
+from anomaflow.model.operations.drift import DriftLimits
+from anomaflow.model.operations.inspection import InspectionSummary
+from anomaflow.tasks.inspection import (
+    ModelRef,
+    check_drift,
+    dask_task_runner,
+    inspect_images,
+    inspection_result,
+    publish_inspection,
+    resolve_dask_address,
+    resolve_model,
+    run_shards,
     start_cluster,
 )
 
 
 @flow(name="inspect-shards")
-def inspect_shards(model: ModelRef, input_dir: str, output_dir: str, threshold: float, batch_size: int = 16,
-                   shard_size: int = 64, threads_per_shard: int = 1) -> InspectionSummary:
+def inspect_shards(
+    model: ModelRef,
+    input_dir: str,
+    output_dir: str,
+    threshold: float,
+    batch_size: int = 16,
+    shard_size: int = 64,
+    threads_per_shard: int = 1,
+) -> InspectionSummary:
     """Pending images in shards on this flow's task runner; rows appended as shards finish."""
     start_cluster()
     return run_shards(model, Path(input_dir), Path(output_dir), threshold, batch_size, shard_size, threads_per_shard)
@@ -45,36 +61,27 @@ def batch_inspection(
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto",
 ) -> dict[str, Any]:
     """Inspect every image under input_dir into output_dir/results.csv (one row per image and
-    model version; reruns skip finished images). threshold overrides the model's own.
-
-    dask_address: a Dask scheduler (e.g. tcp://dask-scheduler:8786; default
-    $ANOMAFLOW_DASK_ADDRESS) to score shards of shard_size images on; dask_workers > 0 without an
-    address starts a temporary LocalCluster of that many single-threaded workers. Workers must
-    see input_dir and output_dir at the same paths, and reach the MLflow server.
-
-    drift_limits: when this batch's scores or input statistics move past them (model.drift), the
-    run ends in a Completed state named "Drift" with the reasons, and drift.json says so.
-
-    runtime: torch, or the model's exported graph under onnxruntime / OpenVINO (exported once per
-    version into ANOMAFLOW_HOME/exports; same scores to 1e-4); auto: onnxruntime where the export
-    extra is installed, else torch. Sharded runs score with torch.
-    """
+    model version; reruns skip finished images). threshold overrides the model's own. dask_address
+    (default $ANOMAFLOW_DASK_ADDRESS) or dask_workers > 0 (a temporary LocalCluster) score shards
+    of shard_size images on Dask workers, which must see both folders at the same paths. Past
+    drift_limits the run ends Completed named "Drift". runtime: torch, or the exported graph under
+    onnxruntime / OpenVINO; auto: onnxruntime where the export extra is installed (sharded: torch)."""
     address = resolve_dask_address(dask_address)
-    if runtime not in ("auto", "torch") and (address or dask_workers > 0):
+    sharded = bool(address or dask_workers > 0)
+    if runtime not in ("auto", "torch") and sharded:
         raise ValueError(f"runtime {runtime!r} runs in this process only; sharded (Dask) inspection scores with torch")
     model = resolve_model(model_name, alias)
-    if address or dask_workers > 0:
-        # Absolute paths: shard workers may run in another working directory.
-        sharded = inspect_shards.with_options(task_runner=dask_task_runner(address, dask_workers))
-        summary = sharded(model.ref(), str(Path(input_dir).resolve()), str(Path(output_dir).resolve()),
-                          model.threshold(threshold), batch_size, shard_size)
+    inbox, out = Path(input_dir), Path(output_dir)
+    if sharded:  # absolute paths: shard workers may run in another working directory
+        shards = inspect_shards.with_options(task_runner=dask_task_runner(address, dask_workers))
+        summary = shards(
+            model.ref(), str(inbox.resolve()), str(out.resolve()), model.threshold(threshold), batch_size, shard_size
+        )
     else:
-        summary = inspect_images(model, Path(input_dir), Path(output_dir), threshold, batch_size, runtime)
-    publish_inspection(model, summary, Path(output_dir), threshold, Path(input_dir))
-    drift = check_drift(model, summary, Path(output_dir), threshold, drift_limits)
-    result = {"model_version": model.version, **summary.counts(), "inspected": summary.inspected,
-              "duplicates": summary.duplicates, "skipped": summary.skipped, "images_per_second": summary.images_per_second,
-              **({"drift": drift.summary, "drift_flagged": drift.flagged} if drift else {})}
+        summary = inspect_images(model, inbox, out, threshold, batch_size, runtime)
+    publish_inspection(model, summary, out, threshold, inbox)
+    drift = check_drift(model, summary, out, threshold, drift_limits)
+    result = inspection_result(model, summary, drift)
     if drift is not None and drift.flagged:  # a flagged state in the UI; the caller still gets the result
         return Completed(name="Drift", message=drift.summary, data=result)  # type: ignore[return-value]
     return result

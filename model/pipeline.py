@@ -4,13 +4,12 @@ Each step is one plain function over arrays and files, so a Prefect task can wra
 one-to-one and a notebook can call it directly. No step reads test labels before
 `evaluate_split`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +18,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from model import calibration, data, plots
-from model.frame import Frame
-from model.preprocessing import Preprocessing
-from model.config import TrainConfig
-from model.demo import make_demo_dataset
-from model.detector import Detector, ScoreResult
-from model.registry import build_detector
-from model.screen import Screen, cross_fit
-from model.selection import Selection, frame_alternative
-from model.evaluation import Evaluation, evaluate
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.data import datasets as data
+from anomaflow.model.data.demo import make_demo_dataset
+from anomaflow.model.data.frame import Frame
+from anomaflow.model.data.preprocessing import Preprocessing
+from anomaflow.model.data.screen import Screen, cross_fit
+from anomaflow.model.detectors.base import Detector, ScoreResult
+from anomaflow.model.detectors.registry import build_detector
+from anomaflow.model.evaluation import calibration, plots
+from anomaflow.model.evaluation.evaluate import Evaluation, evaluate
+from anomaflow.model.evaluation.selection import Selection, frame_alternative, select
+from anomaflow.model.files import write_json_atomic
 
 DEMO_CATEGORY = "demo"
 
@@ -69,10 +70,15 @@ def load_dataset(root: Path, category: str) -> data.Dataset:
         lower = {c.lower(): c for c in found}
         close = [lower[m] for m in difflib.get_close_matches(category.lower(), list(lower), n=1, cutoff=0.6)]
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise data.DataError(root / category, f"category not found; {root} holds the MVTec categories {', '.join(found)}{hint}")
+        raise data.DataError(
+            root / category, f"category not found; {root} holds the MVTec categories {', '.join(found)}{hint}"
+        )
     if root.is_dir() and any(p.suffix.lower() in data.IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file()):
         return data.scan_folder(root)
-    raise data.DataError(root / category, "category folder not found (and no images under the root to use as a plain folder of good images)")
+    raise data.DataError(
+        root / category,
+        "category folder not found (and no images under the root to use as a plain folder of good images)",
+    )
 
 
 @dataclass
@@ -87,7 +93,7 @@ class Arrays:
     holdout_samples: list[data.Sample]
     test_samples: list[data.Sample]
     test_gate: np.ndarray | None = None  # True: the promotion gate's part of the test split
-    holdout_valid: np.ndarray | None = None  # (N,H,W) each image's own pixels; None = no padding (model.frame)
+    holdout_valid: np.ndarray | None = None  # (N,H,W) each image's own pixels; None = no padding (model.data.frame)
     test_valid: np.ndarray | None = None
     preprocessing: Preprocessing | None = None  # how every array above was prepared; the detector saves it
 
@@ -99,9 +105,19 @@ class Arrays:
         """(these arrays with only the gate or only the reported part of the test split, its index)."""
         in_gate = self.test_gate if self.test_gate is not None else np.zeros(len(self.test_samples), bool)
         idx = np.flatnonzero(in_gate == gate)
-        part = Arrays(self.fit, self.holdout, self.test[idx], self.test_masks[idx], self.fit_samples,
-                      self.holdout_samples, [self.test_samples[i] for i in idx], in_gate[idx],
-                      self.holdout_valid, None if self.test_valid is None else self.test_valid[idx], self.preprocessing)
+        part = Arrays(
+            self.fit,
+            self.holdout,
+            self.test[idx],
+            self.test_masks[idx],
+            self.fit_samples,
+            self.holdout_samples,
+            [self.test_samples[i] for i in idx],
+            in_gate[idx],
+            self.holdout_valid,
+            None if self.test_valid is None else self.test_valid[idx],
+            self.preprocessing,
+        )
         return part, idx
 
 
@@ -109,7 +125,9 @@ def screen_training_set(config: TrainConfig, arrays: Arrays, log: Callable[[str]
     """Cross-fitted screen of every train/good image (fit and held-out part) for likely defects."""
     prep = arrays.preprocessing
     if prep is None:
-        raise ValueError("these arrays do not say how they were prepared (Arrays.preprocessing): load them with load_arrays")
+        raise ValueError(
+            "these arrays do not say how they were prepared (Arrays.preprocessing): load them with load_arrays"
+        )
     samples = [*arrays.fit_samples, *arrays.holdout_samples]
     valid = prep.valid(samples)
     build, cfg = builder(arrays), config.screen_config()
@@ -117,8 +135,15 @@ def screen_training_set(config: TrainConfig, arrays: Arrays, log: Callable[[str]
     folder = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
     names = [data.display_path(os.path.relpath(p, folder)) for p in paths]  # short names; the folder is reported once
     torch.manual_seed(config.seed)
-    found = cross_fit(np.concatenate([arrays.fit, arrays.holdout]), names, lambda: build(cfg),
-                      valid=valid, folds=config.screen_folds, seed=config.seed, log=log)
+    found = cross_fit(
+        np.concatenate([arrays.fit, arrays.holdout]),
+        names,
+        lambda: build(cfg),
+        valid=valid,
+        folds=config.screen_folds,
+        seed=config.seed,
+        log=log,
+    )
     return dataclasses.replace(found, folder=data.display_path(folder))
 
 
@@ -132,9 +157,13 @@ def without_suspects(arrays: Arrays, found: Screen) -> tuple[Arrays, Screen]:
     if len(keep_fit) == 0:
         raise ValueError("the training-set screen flagged every fit image; nothing left to train on")
     part = dataclasses.replace(
-        arrays, fit=arrays.fit[keep_fit], holdout=arrays.holdout[keep_hold],
-        fit_samples=[arrays.fit_samples[i] for i in keep_fit], holdout_samples=[arrays.holdout_samples[i] for i in keep_hold],
-        holdout_valid=None if arrays.holdout_valid is None else arrays.holdout_valid[keep_hold])
+        arrays,
+        fit=arrays.fit[keep_fit],
+        holdout=arrays.holdout[keep_hold],
+        fit_samples=[arrays.fit_samples[i] for i in keep_fit],
+        holdout_samples=[arrays.holdout_samples[i] for i in keep_hold],
+        holdout_valid=None if arrays.holdout_valid is None else arrays.holdout_valid[keep_hold],
+    )
     return part, dataclasses.replace(found, excluded=[found.names[i] for i in found.suspects])
 
 
@@ -148,9 +177,15 @@ def frames_differ(arrays: Arrays) -> bool:
     return any(not v.all() for v in valid)
 
 
-def choose_frame(config: TrainConfig, ds: data.Dataset, arrays: Arrays, chosen: Selection, screened: Screen | None,
-                 log: Callable[[str], None] = print) -> tuple[Selection, Arrays]:
-    """auto's frame policy (model.selection.frame_alternative): for training images of other shapes
+def choose_frame(
+    config: TrainConfig,
+    ds: data.Dataset,
+    arrays: Arrays,
+    chosen: Selection,
+    screened: Screen | None,
+    log: Callable[[str], None] = print,
+) -> tuple[Selection, Arrays]:
+    """auto's frame policy (model.evaluation.selection.frame_alternative): for training images of other shapes
     than one square, the chosen candidate is also tried on squashed images; returns the selection
     and the arrays the run goes on with (the square ones when that frame won)."""
     if not (config.keep_aspect and frames_differ(arrays)):
@@ -160,17 +195,39 @@ def choose_frame(config: TrainConfig, ds: data.Dataset, arrays: Arrays, chosen: 
     square = load_arrays(ds, square_cfg, log=log)
     if screened is not None and screened.excluded:  # the same images left out as in the kept frame
         square, _ = without_suspects(square, screened)
-    result = frame_alternative(chosen, square.fit, square.holdout, builder(square), config.auto_budget_seconds - spent, log=log)
+    result = frame_alternative(
+        chosen, square.fit, square.holdout, builder(square), config.auto_budget_seconds - spent, log=log
+    )
     return (result, square) if not result.config.keep_aspect else (result, arrays)
+
+
+def choose_detector(
+    config: TrainConfig,
+    ds: data.Dataset,
+    arrays: Arrays,
+    screened: Screen | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Selection, Arrays]:
+    """--detector auto: the candidates fitted and scored on synthetic defects in held-out normals
+    (never the test split), then the frame policy; the choice and the arrays the run goes on with.
+    The training flow (tasks.training) and benchmarks/detectors.py both choose through this."""
+    choice = select(
+        config, arrays.fit, arrays.holdout, arrays.holdout_valid, builder(arrays), config.auto_budget_seconds, log=log
+    )
+    return choose_frame(config, ds, arrays, choice, screened, log=log)
 
 
 def take(result: ScoreResult, idx: np.ndarray) -> ScoreResult:
     """The rows `idx` of a scored batch."""
-    return ScoreResult(result.maps[idx], {k: v[idx] for k, v in result.scores.items()}, None if result.valid is None else result.valid[idx])
+    return ScoreResult(
+        result.maps[idx],
+        {k: v[idx] for k, v in result.scores.items()},
+        None if result.valid is None else result.valid[idx],
+    )
 
 
 def dataset_preprocessing(samples: list[data.Sample], config: TrainConfig) -> Preprocessing:
-    """The preprocessing for this training set (model.frame): read from image headers only."""
+    """The preprocessing for this training set (model.data.frame): read from image headers only."""
     return Preprocessing.for_training(samples, config.image_size, config.keep_aspect)
 
 
@@ -185,19 +242,28 @@ def load_arrays(ds: data.Dataset, config: TrainConfig, log: Callable[[str], None
     gate = data.partition_test(ds.test, config.gate_fraction)
     hold_valid, test_valid = prep.valid(hold_s), prep.valid(ds.test)
     padded = sum(int((~v).any(axis=(1, 2)).sum()) for v in (hold_valid, test_valid, prep.valid(fit_s)) if v is not None)
-    log(f"loaded {len(fit)} fit, {len(holdout)} held-out normal, {len(test)} test images ({int(gate.sum())} of them for the "
-        f"promotion gate only) in a {prep.describe()} frame" + (f", {padded} padded" if padded else "") + f" in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"loaded {len(fit)} fit, {len(holdout)} held-out normal, {len(test)} test images "
+        f"({int(gate.sum())} of them for the "
+        f"promotion gate only) in a {prep.describe()} frame"
+        + (f", {padded} padded" if padded else "")
+        + f" in {time.perf_counter() - t0:.1f}s"
+    )
     return Arrays(fit, holdout, test, masks, fit_s, hold_s, list(ds.test), gate, hold_valid, test_valid, prep)
 
 
 def builder(arrays: Arrays) -> Callable[[TrainConfig], Detector]:
     """build_detector for detectors fitted on these arrays: they save the arrays' preprocessing."""
     if arrays.preprocessing is None:
-        raise ValueError("these arrays do not say how they were prepared (Arrays.preprocessing): load them with load_arrays")
+        raise ValueError(
+            "these arrays do not say how they were prepared (Arrays.preprocessing): load them with load_arrays"
+        )
     return lambda cfg: build_detector(cfg, arrays.preprocessing)
 
 
-def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Detector, list[dict[str, Any]], float]:
+def fit_detector(
+    config: TrainConfig, arrays: Arrays, progress: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[Detector, list[dict[str, Any]], float]:
     """Seeded fit on good images only; returns (detector, per-epoch history, seconds)."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -208,7 +274,9 @@ def fit_detector(config: TrainConfig, arrays: Arrays, progress: Callable[[dict[s
     return det, history, time.perf_counter() - t0
 
 
-def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: ScoreResult, synthetic_scores: np.ndarray | None = None) -> dict[str, Any]:
+def calibrate_detector(
+    det: Detector, config: TrainConfig, holdout_result: ScoreResult, synthetic_scores: np.ndarray | None = None
+) -> dict[str, Any]:
     """Image and pixel thresholds from held-out normal images only (and, for the recall operating
     point, synthetic defects made from them); stored on the detector.
 
@@ -221,7 +289,7 @@ def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: Score
         method = "percentile"  # too few held-out normals to fit a tail or make defects from: the order statistic
     if method == "recall" and (synthetic_scores is None or len(synthetic_scores) == 0):
         raise ValueError("threshold_method 'recall' needs the synthetic-defect scores of the held-out normals")
-    det.threshold = calibration.calibrate(
+    threshold = calibration.calibrate(
         method,
         normal,
         percentile=config.threshold_percentile,
@@ -229,11 +297,18 @@ def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: Score
         target_recall=config.target_recall,
         defect_scores=synthetic_scores,
     )
-    det.pixel_threshold = calibration.pixel_threshold(holdout_result.maps, config.pixel_threshold_percentile, holdout_result.valid)
-    point = ({"target_fpr": config.target_fpr} if method in ("fpr", "tail") else {"target_recall": config.target_recall} if method == "recall"
-             else {"threshold_percentile": config.threshold_percentile})
-    out = {"threshold": det.threshold, "pixel_threshold": det.pixel_threshold, "threshold_method_used": method, **point,
-           **calibration.fpr_estimate(normal, det.threshold)}
+    pixel_threshold = calibration.pixel_threshold(
+        holdout_result.maps, config.pixel_threshold_percentile, holdout_result.valid
+    )
+    det.calibrate(threshold=threshold, pixel_threshold=pixel_threshold)
+    point = config.operating_point(method)
+    out = {
+        "threshold": det.threshold,
+        "pixel_threshold": det.pixel_threshold,
+        "threshold_method_used": method,
+        **point,
+        **calibration.fpr_estimate(normal, det.threshold),
+    }
     if len(normal) >= calibration.TAIL_MIN_NORMALS:
         out["tail_fpr_estimate"] = calibration.tail_exceedance(normal, det.threshold)
     if synthetic_scores is not None and len(synthetic_scores):
@@ -242,15 +317,21 @@ def calibrate_detector(det: Detector, config: TrainConfig, holdout_result: Score
 
 
 def drift_reference(det: Detector, arrays: Arrays, holdout_result: ScoreResult) -> dict[str, Any]:
-    """What inspection batches are compared with (model.drift): the held-out normal scores the
+    """What inspection batches are compared with (model.operations.drift): the held-out normal scores the
     threshold was set on and the training images' brightness, sizes and colour modes."""
-    from model import drift
+    from anomaflow.model.operations import drift
 
     assert det.threshold is not None
     samples = [*arrays.fit_samples, *arrays.holdout_samples]
-    det.reference = drift.reference(holdout_result.scores[det.score_method], [drift.image_stats(im) for im in arrays.fit],
-                                    data.image_sizes(samples), data.image_modes(samples), det.threshold)
-    return det.reference
+    reference = drift.reference(
+        holdout_result.scores[det.score_method],
+        [drift.image_stats(im) for im in arrays.fit],
+        data.image_sizes(samples),
+        data.image_modes(samples),
+        det.threshold,
+    )
+    det.calibrate(reference=reference)
+    return reference
 
 
 def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, score_method: str) -> Evaluation:
@@ -270,19 +351,32 @@ def evaluate_split(det: Detector, arrays: Arrays, test_result: ScoreResult, scor
     )
 
 
-def evaluate_detector(det: Detector, ds: data.Dataset, gate_fraction: float, cache_dir: str | None = None) -> Evaluation:
+def evaluate_detector(
+    det: Detector, ds: data.Dataset, gate_fraction: float, cache_dir: str | None = None
+) -> Evaluation:
     """Score a (loaded) detector on the promotion gate's part of a dataset's test split (the
     partition `gate_fraction` gives) with its own size and thresholds."""
     samples = [s for s, g in zip(ds.test, data.partition_test(ds.test, gate_fraction)) if g]
     if not samples:
-        raise ValueError(f"dataset {ds.category} has no gate part of the test split to evaluate on (gate_fraction={gate_fraction}, {len(ds.test)} test images)")
+        raise ValueError(
+            f"dataset {ds.category} has no gate part of the test split to evaluate on "
+            f"(gate_fraction={gate_fraction}, {len(ds.test)} test images)"
+        )
     cache, prep = data.ImageCache(cache_dir), det.preprocessing
     images, masks, valid = prep.images(samples, cache), prep.masks(samples, cache), prep.valid(samples)
     arrays = Arrays(images[:0], images[:0], images, masks, [], [], samples, test_valid=valid, preprocessing=prep)
     return evaluate_split(det, arrays, det.score(images, valid), det.score_method)
 
 
-GATE_METRICS = ("image_auroc", "image_auroc_mean", "image_auroc_max", "image_auroc_smoothed_max", "pixel_auroc", "pixel_aupro", "pixel_iou")
+GATE_METRICS = (
+    "image_auroc",
+    "image_auroc_mean",
+    "image_auroc_max",
+    "image_auroc_smoothed_max",
+    "pixel_auroc",
+    "pixel_aupro",
+    "pixel_iou",
+)
 
 
 def gate_metrics(ev: Evaluation) -> dict[str, float]:
@@ -294,22 +388,30 @@ def evaluation_split(arrays: Arrays, gate_fraction: float) -> dict[str, Any]:
     """Which test images were reported and which only gated promotion (logged with the run)."""
     report, _ = arrays.test_part(gate=False)
     gate, _ = arrays.test_part(gate=True)
-    return {"method": "seeded stratified partition of the test split", "gate_fraction": gate_fraction, "seed": data.GATE_SEED,
-            "report": [data.display_path(s.path) for s in report.test_samples],
-            "gate": [data.display_path(s.path) for s in gate.test_samples]}
+    return {
+        "method": "seeded stratified partition of the test split",
+        "gate_fraction": gate_fraction,
+        "seed": data.GATE_SEED,
+        "report": [data.display_path(s.path) for s in report.test_samples],
+        "gate": [data.display_path(s.path) for s in gate.test_samples],
+    }
 
 
 def write_json(obj: Any, path: Path) -> Path:
     """Atomic JSON write: a crash never leaves half a metrics file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=float)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(obj, path, sort_keys=True, default=float)
 
 
-def write_figures(out: Path, arrays: Arrays, test_result: ScoreResult, ev: Evaluation, det: Detector, score_method: str, max_heatmaps: int = 16) -> dict[str, Path]:
+def write_figures(
+    out: Path,
+    arrays: Arrays,
+    test_result: ScoreResult,
+    ev: Evaluation,
+    det: Detector,
+    score_method: str,
+    max_heatmaps: int = 16,
+) -> dict[str, Path]:
     """ROC curves, score histogram with threshold, heat-map overlay grid; returns name -> path."""
     figs: dict[str, Path] = {}
     if ev.roc_curves:
@@ -317,13 +419,17 @@ def write_figures(out: Path, arrays: Arrays, test_result: ScoreResult, ev: Evalu
     labels = np.array([s.label for s in arrays.test_samples])
     if len(labels):
         figs["score_histogram"] = plots.save_figure(
-            plots.plot_score_histogram(test_result.scores[score_method], labels, det.threshold, title=f"Image scores ({score_method})"),
+            plots.plot_score_histogram(
+                test_result.scores[score_method], labels, det.threshold, title=f"Image scores ({score_method})"
+            ),
             out / "score_histogram.png",
         )
         idx = _heatmap_selection(arrays.test_samples, max_heatmaps)
         figs["heatmaps"] = plots.save_figure(
             plots.plot_heatmap_grid(
-                arrays.test[idx], test_result.maps[idx], arrays.test_masks[idx],
+                arrays.test[idx],
+                test_result.maps[idx],
+                arrays.test_masks[idx],
                 titles=[f"{arrays.test_samples[i].defect}/{arrays.test_samples[i].path.name}" for i in idx],
                 vmax=det.pixel_threshold * 2 if det.pixel_threshold else None,
             ),

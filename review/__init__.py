@@ -1,1 +1,1 @@
-"""Review in the browser: inspection verdicts, reviewer labels in a database, drift (issue 13)."""
+"""Review in the browser: inspection verdicts, reviewer labels in a database, drift."""

@@ -13,6 +13,7 @@ POST carries the page's CSRF token in a header and, when the browser sends one, 
 this server (scheme, allowed name and port); a label is only taken for a scored row of the
 loaded results, and a label value outside LABELS is refused with a message.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -29,9 +30,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from review.export import reviews_csv
-from review.results import DECISIONS, SHA, SORTS, STATES, Results, read_plain
-from review.store import LABELS, Conflict, LabelError, LabelStore
+from anomaflow.model.operations.results import DECISIONS, SHA, SORTS, STATES, Results, read_plain
+from anomaflow.review.export import reviews_csv
+from anomaflow.tasks.labels import LABELS, Conflict, LabelError, LabelStore
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TOKEN_COOKIE = "anomaflow_review_token"
@@ -87,8 +88,12 @@ def same_origin(origin: str, scheme: str, ours: tuple[str, int], names: frozense
     own name only when any name is allowed, i.e. behind the token)."""
     o = urlsplit(origin)
     theirs = host_port(o.netloc, o.scheme)
-    return (o.scheme == scheme and theirs is not None and theirs[1] == ours[1]
-            and (theirs[0] in names if names is not None else theirs[0] == ours[0]))
+    return (
+        o.scheme == scheme
+        and theirs is not None
+        and theirs[1] == ours[1]
+        and (theirs[0] in names if names is not None else theirs[0] == ours[0])
+    )
 
 
 def not_valid(exc: RequestValidationError) -> JSONResponse:
@@ -97,7 +102,10 @@ def not_valid(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     where = [".".join(p for p in e["loc"][1:] if isinstance(p, str)) or e["loc"][0] for e in errors]
     message = "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errors))
-    return JSONResponse({"error": message or "malformed request"}, status_code=422 if any(e["loc"][:1] == ("body",) for e in errors) else 400)
+    return JSONResponse(
+        {"error": message or "malformed request"},
+        status_code=422 if any(e["loc"][:1] == ("body",) for e in errors) else 400,
+    )
 
 
 def one_of(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -116,24 +124,39 @@ def histogram_svg(h: dict, width: int = 640, height: int = 160) -> str:
     bars = []
     for i, (a, b) in enumerate(zip(h["normal"], h["defect"])):
         ha, hb = height * a / top, height * b / top
-        bars.append(f'<rect x="{i * bw:.1f}" y="{height - ha:.1f}" width="{bw - 1:.1f}" height="{ha:.1f}" fill="#9aa5b1"/>')
-        bars.append(f'<rect x="{i * bw:.1f}" y="{height - ha - hb:.1f}" width="{bw - 1:.1f}" height="{hb:.1f}" fill="#d64545"/>')
+        bars.append(
+            f'<rect x="{i * bw:.1f}" y="{height - ha:.1f}" width="{bw - 1:.1f}" height="{ha:.1f}" fill="#9aa5b1"/>'
+        )
+        bars.append(
+            f'<rect x="{i * bw:.1f}" y="{height - ha - hb:.1f}" width="{bw - 1:.1f}" height="{hb:.1f}" fill="#d64545"/>'
+        )
     tx = width * (h["threshold"] - lo) / (hi - lo) if hi > lo else 0
-    return (f'<svg role="img" aria-label="score histogram" width="{width}" height="{height + 18}" viewBox="0 0 {width} {height + 18}">'
-            + "".join(bars)
-            + f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="0" y2="{height}" stroke="#111" stroke-dasharray="4 3"/>'
-            + f'<text x="{min(tx + 4, width - 120):.1f}" y="12" font-size="11">threshold {h["threshold"]:.4g}</text>'
-            + f'<text x="0" y="{height + 14}" font-size="11">{lo:.4g}</text>'
-            + f'<text x="{width - 60}" y="{height + 14}" font-size="11">{hi:.4g}</text></svg>')
+    return (
+        f'<svg role="img" aria-label="score histogram" width="{width}" height="{height + 18}" '
+        f'viewBox="0 0 {width} {height + 18}">'
+        + "".join(bars)
+        + f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="0" y2="{height}" stroke="#111" stroke-dasharray="4 3"/>'
+        + f'<text x="{min(tx + 4, width - 120):.1f}" y="12" font-size="11">threshold {h["threshold"]:.4g}</text>'
+        + f'<text x="0" y="{height + 14}" font-size="11">{lo:.4g}</text>'
+        + f'<text x="{width - 60}" y="{height + 14}" font-size="11">{hi:.4g}</text></svg>'
+    )
 
 
-def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = None, *, host: str = "127.0.0.1",
-               allowed_hosts: Sequence[str] = ()) -> FastAPI:
+def create_app(
+    results_dirs: list[str | Path],
+    db_url: str,
+    token: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+) -> FastAPI:
     """The app over `results_dirs` with labels in `db_url`. `host`: the address it will be bound
     to; `allowed_hosts`: more names it answers to (a DNS name, a proxy's)."""
     if token is not None and len(token) < MIN_TOKEN:
-        raise ValueError(f"the review token is {len(token)} characters; use at least {MIN_TOKEN} (a long random string: "
-                         "python -c 'import secrets; print(secrets.token_urlsafe())')")
+        raise ValueError(
+            f"the review token is {len(token)} characters; use at least {MIN_TOKEN} (a long random string: "
+            "python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
     names = allowed_names(host, allowed_hosts, token)
     results = Results(results_dirs)
     store = LabelStore(db_url)
@@ -154,13 +177,22 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
         if ours is None:
             return PlainTextResponse(f"malformed Host header {given_host!r}", status_code=400)
         if names is not None and ours[0] not in names:
-            return PlainTextResponse(f"unknown Host {given_host!r}: this server answers to {', '.join(sorted(names))}; "
-                                     "start it with --allowed-host NAME to add a name", status_code=400)
+            return PlainTextResponse(
+                f"unknown Host {given_host!r}: this server answers to {', '.join(sorted(names))}; "
+                "start it with --allowed-host NAME to add a name",
+                status_code=400,
+            )
         if token is not None:
             scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
-            given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or (bearer if scheme.lower() == "bearer" else "")
+            given = (
+                request.query_params.get("token")
+                or request.cookies.get(TOKEN_COOKIE)
+                or (bearer if scheme.lower() == "bearer" else "")
+            )
             if not hmac.compare_digest(given.encode(), token.encode()):
-                return Response("a token is required: open the link the review command printed (…?token=…)", status_code=401)
+                return Response(
+                    "a token is required: open the link the review command printed (…?token=…)", status_code=401
+                )
         if request.method not in ("GET", "HEAD"):
             if not hmac.compare_digest(request.headers.get("x-csrf-token", "").encode(), csrf.encode()):
                 return JSONResponse({"error": "missing or wrong CSRF token: reload the page"}, status_code=403)
@@ -183,12 +215,24 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
     @app.get("/", response_class=HTMLResponse)
     def overview(request: Request) -> HTMLResponse:
         results.refresh()
-        return render(request, "overview.html", counts=results.counts(), total=len(results.frame), models=results.models(),
-                      histogram=histogram_svg(results.histogram()), reviewed=results.reviewed_counts(latest_labels()),
-                      folders=results.folders, drift=results.drift(), waiting=results.waiting(), decisions=DECISIONS)
+        return render(
+            request,
+            "overview.html",
+            counts=results.counts(),
+            total=len(results.frame),
+            models=results.models(),
+            histogram=histogram_svg(results.histogram()),
+            reviewed=results.reviewed_counts(latest_labels()),
+            folders=results.folders,
+            drift=results.drift(),
+            waiting=results.waiting(),
+            decisions=DECISIONS,
+        )
 
     @app.get("/parts", response_class=HTMLResponse)
-    def parts(request: Request, decision: str = "", state: str = "", sort: str = "score", order: str = "desc", page: int = 1) -> HTMLResponse:
+    def parts(
+        request: Request, decision: str = "", state: str = "", sort: str = "score", order: str = "desc", page: int = 1
+    ) -> HTMLResponse:
         results.refresh()
         if state:
             one_of("review state", state, STATES)
@@ -196,9 +240,26 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
             one_of("decision", decision, DECISIONS)
         one_of("sort", sort, SORTS)
         one_of("order", order, ORDERS)
-        p = results.page(latest_labels(), decision=decision, state=state, sort=sort, descending=order == "desc", page=page, per_page=PER_PAGE)
-        return render(request, "parts.html", page=p, decision=decision, state=state, sort=sort, order=order, states=STATES,
-                      decisions=DECISIONS)
+        p = results.page(
+            latest_labels(),
+            decision=decision,
+            state=state,
+            sort=sort,
+            descending=order == "desc",
+            page=page,
+            per_page=PER_PAGE,
+        )
+        return render(
+            request,
+            "parts.html",
+            page=p,
+            decision=decision,
+            state=state,
+            sort=sort,
+            order=order,
+            states=STATES,
+            decisions=DECISIONS,
+        )
 
     @app.get("/parts/{sha256}", response_class=HTMLResponse)
     def part(request: Request, sha256: str) -> HTMLResponse:
@@ -210,9 +271,16 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
         history = store.history(sha256)
         current = [h for h in history if h.model_version == row["model_version"]]
         latest = latest_labels()
-        return render(request, "part.html", row=row, paths=sorted(set(rows["path"])), history=history,
-                      seen=current[-1].id if current else None, next_sha=results.neighbours(sha256, latest),
-                      has_defect_overlay=results.image_file(sha256, "defect_overlay") is not None)
+        return render(
+            request,
+            "part.html",
+            row=row,
+            paths=sorted(set(rows["path"])),
+            history=history,
+            seen=current[-1].id if current else None,
+            next_sha=results.neighbours(sha256, latest),
+            has_defect_overlay=results.image_file(sha256, "defect_overlay") is not None,
+        )
 
     @app.get("/image/{sha256}/{kind}")
     def image(sha256: str, kind: str) -> Response:
@@ -220,15 +288,20 @@ def create_app(results_dirs: list[str | Path], db_url: str, token: str | None = 
         data = read_plain(path) if path is not None else None
         if path is None or data is None:
             raise HTTPException(404, "no such image")
-        return Response(data, media_type=mimetypes.guess_type(path.name)[0], headers={"Cache-Control": "private, max-age=3600"})
+        return Response(
+            data, media_type=mimetypes.guess_type(path.name)[0], headers={"Cache-Control": "private, max-age=3600"}
+        )
 
     @app.get("/export/reviews.csv")
     def export_reviews() -> Response:
         """The labelled parts for a spreadsheet (cells that would be formulas neutralised)."""
         results.refresh()
         rows = results.frame.drop_duplicates(["sha256", "model_version"], keep="last").to_dict("records")
-        return Response(reviews_csv(rows, store.latest()), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="reviews.csv"'})
+        return Response(
+            reviews_csv(rows, store.latest()),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="reviews.csv"'},
+        )
 
     @app.post("/api/labels")
     def add_label(body: LabelIn) -> JSONResponse:

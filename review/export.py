@@ -6,15 +6,28 @@ export is opened. Such cells get a leading apostrophe, which spreadsheets show a
 `results.csv` stays exact (it is the inspector's ledger, read back by code); this file is for
 people.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 
-from review.store import LabelRecord
+from anomaflow.tasks.labels import LabelRecord
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-COLUMNS = ("path", "sha256", "model_name", "model_version", "score", "decision", "threshold", "label", "reviewer", "note", "labelled_at")
+COLUMNS = (
+    "path",
+    "sha256",
+    "model_name",
+    "model_version",
+    "score",
+    "decision",
+    "threshold",
+    "label",
+    "reviewer",
+    "note",
+    "labelled_at",
+)
 
 
 def spreadsheet_cell(value: object) -> str:
@@ -35,7 +48,13 @@ def reviews_csv(rows: list[dict], latest: dict[tuple[str, str], LabelRecord]) ->
         if rec is None:
             continue
         score = row.get("score")
-        values = {**row, "score": None if score is None or score != score else float(score), "label": rec.label,
-                  "reviewer": rec.reviewer, "note": rec.note, "labelled_at": rec.created_at.isoformat()}
+        values = {
+            **row,
+            "score": None if score is None or score != score else float(score),
+            "label": rec.label,
+            "reviewer": rec.reviewer,
+            "note": rec.note,
+            "labelled_at": rec.created_at.isoformat(),
+        }
         writer.writerow([spreadsheet_cell(values.get(c)) for c in COLUMNS])
     return out.getvalue()

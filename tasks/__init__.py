@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over anomaflow.model, and the one MLflow adapter (tracking)."""

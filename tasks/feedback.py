@@ -1,4 +1,5 @@
 """Reviewer labels back into the model: reviewed scores, field metrics, a recalibrated version."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from model import feedback
-from tasks import tracking
-from tasks.reporting import artifact_key
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.evaluation import feedback
+from anomaflow.tasks import tracking
+from anomaflow.tasks.registration import TRACKING_RETRIES
+from anomaflow.tasks.reporting import artifact_key
 
 
 def default_db(results_dirs: list[str]) -> str:
@@ -19,11 +22,13 @@ def default_db(results_dirs: list[str]) -> str:
 
 
 @task(name="load_reviewed", cache_policy=NO_CACHE)
-def load_reviewed(results_dirs: list[str], db_url: str, model_name: str, version: str | None) -> tuple[str, float, feedback.Reviewed]:
+def load_reviewed(
+    results_dirs: list[str], db_url: str, model_name: str, version: str | None
+) -> tuple[str, float, feedback.Reviewed]:
     """(model version, its threshold, the reviewed parts) from inspection folders and the label
     database. version None: the version most rows in the folders were inspected with."""
-    from review.results import Results
-    from review.store import LabelStore
+    from anomaflow.model.operations.results import Results
+    from anomaflow.tasks.labels import LabelStore
 
     results = Results(results_dirs)
     df = results.frame[(results.frame["model_name"] == model_name) & (results.frame["decision"] != "ERROR")]
@@ -36,76 +41,132 @@ def load_reviewed(results_dirs: list[str], db_url: str, model_name: str, version
     latest = LabelStore(db_url).latest()
     labels = [latest[(s, version)].label if (s, version) in latest else "" for s in df["sha256"]]
     reviewed = feedback.reviewed(df["score"].tolist(), labels)
-    get_run_logger().info("%s v%s: %d reviewed parts (%d defects, %d good) of %d inspected", model_name, version,
-                          len(reviewed.scores), reviewed.defects, reviewed.goods, len(df))
+    get_run_logger().info(
+        "%s v%s: %d reviewed parts (%d defects, %d good) of %d inspected",
+        model_name,
+        version,
+        len(reviewed.scores),
+        reviewed.defects,
+        reviewed.goods,
+        len(df),
+    )
     return version, float(df["threshold"].iloc[-1]), reviewed
 
 
-@task(name="log_field_metrics", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
-def log_field_metrics(model_name: str, version: str, current: dict[str, float], proposal: dict[str, float] | None,
-                      table: list[dict[str, float]], reviewed: feedback.Reviewed) -> str:
+@task(name="log_field_metrics", cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def log_field_metrics(
+    model_name: str,
+    version: str,
+    current: dict[str, float],
+    proposal: dict[str, float] | None,
+    table: list[dict[str, float]],
+    reviewed: feedback.Reviewed,
+) -> str:
     """Field precision and recall of the version from reviewed labels, and the proposal, as an
     MLflow run of the `<model>-review` experiment (also tagged on the model version)."""
     metrics = {f"field_{k}": v for k, v in current.items() if k != "threshold"}
-    metrics.update(reviewed_defects=float(reviewed.defects), reviewed_good=float(reviewed.goods), threshold=current["threshold"])
+    metrics.update(
+        reviewed_defects=float(reviewed.defects), reviewed_good=float(reviewed.goods), threshold=current["threshold"]
+    )
     if proposal:
         metrics.update({f"proposed_{k}": v for k, v in proposal.items()})
     record = tracking.RunRecord(
-        experiment=f"{model_name}-review", run_name=f"review v{version}", params={"model_name": model_name, "model_version": version},
-        metrics=metrics, history=[], tags={"anomaflow.model_version": version}, tables={"threshold_table": table})
+        experiment=f"{model_name}-review",
+        run_name=f"review v{version}",
+        params={"model_name": model_name, "model_version": version},
+        metrics=metrics,
+        history=[],
+        tags={"anomaflow.model_version": version},
+        tables={"threshold_table": table},
+    )
     run_id = tracking.log_run(record, finish=True)
-    tracking.tag_version(model_name, version, {"anomaflow.field_precision": f"{current['precision']:.4f}",
-                                                "anomaflow.field_recall": f"{current['recall']:.4f}",
-                                                "anomaflow.field_reviewed": f"{reviewed.defects} defects, {reviewed.goods} good"})
-    create_table_artifact([{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in table[:200]],
-                          key=artifact_key("review-thresholds", model_name), description=f"{model_name} v{version}: reviewed parts by threshold")
+    tracking.tag_version(
+        model_name,
+        version,
+        {
+            "anomaflow.field_precision": f"{current['precision']:.4f}",
+            "anomaflow.field_recall": f"{current['recall']:.4f}",
+            "anomaflow.field_reviewed": f"{reviewed.defects} defects, {reviewed.goods} good",
+        },
+    )
+    create_table_artifact(
+        [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in table[:200]],
+        key=artifact_key("review-thresholds", model_name),
+        description=f"{model_name} v{version}: reviewed parts by threshold",
+    )
     return run_id
 
 
-@task(name="register_recalibrated", cache_policy=NO_CACHE, **tracking.TRACKING_RETRIES)
+@task(name="register_recalibrated", cache_policy=NO_CACHE, **TRACKING_RETRIES)
 def register_recalibrated(model_name: str, version: str, threshold: float, run_id: str, why: str) -> str:
     """The same weights with a new threshold as a new model version (not champion: a gate decides)."""
     det = tracking.load_registered_detector(model_name, version)
     old = det.threshold
-    det.threshold = float(threshold)
+    det.calibrate(threshold=threshold)
     uri = tracking.log_model(run_id, det)
     new_version, _ = tracking.register(uri, model_name, run_id, first_champion=False)
     tracking.finish_run(run_id)
-    tracking.tag_version(model_name, new_version, {"anomaflow.recalibrated_from": version, "anomaflow.threshold_before": f"{old:.8g}",
-                                                    "anomaflow.threshold_source": why})
-    get_run_logger().info("registered %s v%s: v%s's weights with threshold %.6g (was %.6g)", model_name, new_version, version, threshold, old)
+    tracking.tag_version(
+        model_name,
+        new_version,
+        {
+            "anomaflow.recalibrated_from": version,
+            "anomaflow.threshold_before": f"{old:.8g}",
+            "anomaflow.threshold_source": why,
+        },
+    )
+    get_run_logger().info(
+        "registered %s v%s: v%s's weights with threshold %.6g (was %.6g)",
+        model_name,
+        new_version,
+        version,
+        threshold,
+        old,
+    )
     return new_version
 
 
 @task(name="publish_recalibration", cache_policy=NO_CACHE)
-def publish_recalibration(model_name: str, version: str, current: dict[str, Any], proposal: dict[str, Any] | None, outcome: str) -> None:
-    fmt = lambda d: f"threshold {d['threshold']:.6g}: precision {d['precision']:.3f}, recall {d['recall']:.3f}, FPR {d['fpr']:.3f} (tp {d['tp']}, fp {d['fp']}, fn {d['fn']}, tn {d['tn']})"  # noqa: E731
+def publish_recalibration(
+    model_name: str, version: str, current: dict[str, Any], proposal: dict[str, Any] | None, outcome: str
+) -> None:
+    def fmt(d: dict[str, Any]) -> str:
+        return (
+            f"threshold {d['threshold']:.6g}: precision {d['precision']:.3f}, recall {d['recall']:.3f}, "
+            f"FPR {d['fpr']:.3f} (tp {d['tp']}, fp {d['fp']}, fn {d['fn']}, tn {d['tn']})"
+        )
+
     lines = [f"# Recalibration of {model_name} v{version} from reviewed labels", "", f"- now: {fmt(current)}"]
     if proposal:
         lines.append(f"- proposed: {fmt(proposal)}")
     lines.append(f"- {outcome}")
-    create_markdown_artifact("\n".join(lines), key=artifact_key("recalibration", model_name), description="threshold from reviewed labels")
+    create_markdown_artifact(
+        "\n".join(lines), key=artifact_key("recalibration", model_name), description="threshold from reviewed labels"
+    )
 
 
 @task(name="curate_reviewed_normals", cache_policy=NO_CACHE)
-def curate_reviewed_normals(results_dirs: list[str], db_url: str, model_name: str, data_root: str, category: str,
-                            curated_root: str) -> tuple[str, int]:
+def curate_reviewed_normals(
+    results_dirs: list[str], db_url: str, model_name: str, data_root: str, category: str, curated_root: str
+) -> tuple[str, int]:
     """(curated data root, parts added): the dataset plus every DEFECT verdict reviewers called
     good (a false alarm), copied with provenance (model.curation). Originals are found through
     the folder's inputs.json and must still have the content that was reviewed; others are
     skipped with a warning."""
     import json
 
-    from model.curation import Addition, curate
-    from model.inspection import INPUTS_FILE
-    from review.results import Results
-    from review.store import LabelStore
+    from anomaflow.model.data.curation import Addition, curate
+    from anomaflow.model.operations.inspection import INPUTS_FILE
+    from anomaflow.model.operations.results import Results
+    from anomaflow.tasks.labels import LabelStore
 
     log = get_run_logger()
     results = Results(results_dirs)
     latest = LabelStore(db_url).latest()
     additions, missing = [], 0
-    df = results.frame[(results.frame["model_name"] == model_name) & (results.frame["decision"] == "DEFECT")].drop_duplicates("sha256")
+    df = results.frame[
+        (results.frame["model_name"] == model_name) & (results.frame["decision"] == "DEFECT")
+    ].drop_duplicates("sha256")
     for row in df.itertuples():
         lab = latest.get((row.sha256, row.model_version))
         if lab is None or lab.label != "good":
@@ -115,14 +176,51 @@ def curate_reviewed_normals(results_dirs: list[str], db_url: str, model_name: st
         source = next((Path(d) / row.path for d in inputs if (Path(d) / row.path).is_file()), None)
         if source is None:
             missing += 1
-            log.warning("false alarm %s (%s) not added: its original is no longer under %s", row.path, row.sha256[:12], inputs or "an unknown input folder")
+            log.warning(
+                "false alarm %s (%s) not added: its original is no longer under %s",
+                row.path,
+                row.sha256[:12],
+                inputs or "an unknown input folder",
+            )
             continue
-        additions.append(Addition(str(source), row.sha256, model_name, str(row.model_version), lab.reviewer,
-                                  lab.created_at.isoformat(timespec="seconds"), lab.note))
+        additions.append(
+            Addition(
+                str(source),
+                row.sha256,
+                model_name,
+                str(row.model_version),
+                lab.reviewer,
+                lab.created_at.isoformat(timespec="seconds"),
+                lab.note,
+            )
+        )
     dest = curate(data_root, category, additions, curated_root)
     info = json.loads((dest / "curation.json").read_text())
     for r in info["refused"]:
         log.warning("false alarm %s not added: %s", r["source"], r["reason"])
-    log.info("curated %s: %d reviewed false alarm(s) added to train/good (%d refused, %d not found)", dest, len(info["added"]),
-             len(info["refused"]), missing)
+    log.info(
+        "curated %s: %d reviewed false alarm(s) added to train/good (%d refused, %d not found)",
+        dest,
+        len(info["added"]),
+        len(info["refused"]),
+        missing,
+    )
     return str(Path(curated_root)), len(info["added"])
+
+
+def curated_config(
+    config: TrainConfig, review_results: list[str], review_db: str | None, curated_root: str | None
+) -> TrainConfig:
+    """The config of a challenger trained on the dataset plus the reviewed false alarms (a curated
+    copy under curated_root, default <data_root>-curated)."""
+    if config.data_root is None:
+        raise ValueError("review_results needs config.data_root: the dataset the reviewed parts are added to")
+    curated, _added = curate_reviewed_normals(
+        review_results,
+        review_db or default_db(review_results),
+        config.model_name,
+        config.data_root,
+        config.category,
+        curated_root or f"{config.data_root.rstrip('/')}-curated",
+    )
+    return config.model_copy(update={"data_root": curated})

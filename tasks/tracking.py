@@ -1,29 +1,28 @@
-"""The one module that talks to MLflow: runs, params, metrics, figures, tables, model logging,
-registry aliases, and the pyfunc wrapper that serves a registered detector.
+"""The one module that talks to MLflow: runs, params, metrics, figures, tables, model logging
+and registry aliases (the served pyfunc is tasks.serving, the Prefect tasks over this adapter
+tasks.registration).
 
 Switching tracking servers is an environment variable (MLFLOW_TRACKING_URI); without it a
 local SQLite store `mlflow.db` with artifacts in `mlartifacts/` beside it is used.
 
 Failure policy: MLflow's HTTP client retries are bounded here (`HTTP_DEFAULTS`, only where
-the environment does not set them) and the Prefect tasks below retry with backoff on top, so
+the environment does not set them) and the Prefect tasks (tasks.registration) retry with backoff on top, so
 a server that is down fails a run in about a minute, not after hours of nested retries. A
 server that cannot be reached raises `TrackingUnavailable` naming the server and the step.
 Registration is idempotent per run (a retry reuses the version it already created), so a
 retried task never leaves a second, alias-less version behind.
 """
+
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
 import tempfile
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import mlflow
 import numpy as np
@@ -31,14 +30,12 @@ import pandas as pd
 import requests
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
-from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from model import data
-from model.detector import Detector
-from model.registry import load_detector
-from model.preprocessing import Batch
+from anomaflow.model.detectors.base import Detector
+from anomaflow.model.detectors.registry import load_detector
+from anomaflow.tasks.provenance import anomaflow_version
+from anomaflow.tasks.serving import SERVED_MODEL_FILE, SIGNATURE
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"
@@ -130,7 +127,7 @@ def ensure_experiment(name: str) -> str:
         return exp.experiment_id
     location = None
     if _is_local_sqlite(uri):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         location = (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
@@ -147,34 +144,6 @@ def ui_url(run_id: str, experiment_id: str) -> str | None:
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return None
-
-
-# -- tags ----------------------------------------------------------------------------------
-def data_fingerprint(samples: Iterable[data.Sample], root: Path) -> str:
-    """sha256 of the sorted relative file list with sizes: changes when the data changes."""
-    h = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: str(s.path)):
-        for p in (s.path, s.mask_path):
-            if p is not None and p.exists():
-                # fsencode: a file name that is not valid UTF-8 must not crash a finished training run.
-                name = os.fsencode(p.relative_to(root) if p.is_relative_to(root) else p)
-                h.update(name + f":{p.stat().st_size}\n".encode())
-    return h.hexdigest()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def anomaflow_version() -> str:
-    try:
-        return metadata.version("anomaflow")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # -- one training run ----------------------------------------------------------------------
@@ -208,8 +177,11 @@ def epoch_metrics(rec: dict[str, Any]) -> list[Metric]:
     """The per-epoch metrics of one history record (train_loss, val_loss, epoch_seconds) at its epoch."""
     ts = int(rec.get("timestamp_ms") or time.time() * 1000)
     step = int(rec.get("epoch", 0))
-    return [Metric({"seconds": "epoch_seconds"}.get(k, k), float(rec[k]), ts, step) for k in ("train_loss", "val_loss", "seconds")
-            if rec.get(k) is not None]
+    return [
+        Metric({"seconds": "epoch_seconds"}.get(k, k), float(rec[k]), ts, step)
+        for k in ("train_loss", "val_loss", "seconds")
+        if rec.get(k) is not None
+    ]
 
 
 def log_epoch(run_id: str, rec: dict[str, Any]) -> None:
@@ -229,7 +201,9 @@ def log_dataset(run_id: str, name: str, digest: str, source: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset = MetaDataset(resolve_dataset_source(str(source)), name=name, digest=digest[:36])
-    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
+    MlflowClient().log_inputs(
+        run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])]
+    )
 
 
 def log_run(record: RunRecord, finish: bool = False, run_id: str | None = None) -> str:
@@ -239,7 +213,9 @@ def log_run(record: RunRecord, finish: bool = False, run_id: str | None = None) 
     client = MlflowClient()
     live = run_id is not None
     if run_id is None:
-        run_id = client.create_run(ensure_experiment(record.experiment), run_name=record.run_name, tags=record.tags).info.run_id
+        run_id = client.create_run(
+            ensure_experiment(record.experiment), run_name=record.run_name, tags=record.tags
+        ).info.run_id
     try:
         logged = client.get_run(run_id).data.params if live else {}
         for key, value in record.params.items():
@@ -254,11 +230,11 @@ def log_run(record: RunRecord, finish: bool = False, run_id: str | None = None) 
         finals = [Metric(k, float(v), now, 0) for k, v in record.metrics.items() if _finite(v)]
         for i in range(0, len(finals), 500):
             client.log_batch(run_id, metrics=finals[i : i + 500])
-        for name, path in record.figures.items():
+        for path in record.figures.values():
             client.log_artifact(run_id, str(path), "figures")
-        for name, path in record.checkpoints.items():
+        for path in record.checkpoints.values():
             client.log_artifact(run_id, str(path), "checkpoints")
-        for name, path in record.files.items():
+        for path in record.files.values():
             client.log_artifact(run_id, str(path))
         for name, rows in record.tables.items():
             if rows:
@@ -297,69 +273,16 @@ def run_experiment_id(run_id: str) -> str:
     return MlflowClient().get_run(run_id).info.experiment_id
 
 
-# -- the served model ------------------------------------------------------------------------
-class AnomaflowModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: carries the detector dir (weights, preprocessing size, score method,
-    thresholds). Input: DataFrame with column `image` (encoded image bytes) or `path`.
-    Output: DataFrame with `score`, `decision`, `threshold` (+ `anomaly_map` when
-    params={"return_maps": True})."""
-
-    def load_context(self, context: Any) -> None:
-        self.detector = load_detector(context.artifacts["detector"])
-
-    # model_input: pd.DataFrame is a hint MLflow infers no schema from (the signature is explicit,
-    # SIGNATURE); without any hint MLflow warns on every run that there is none.
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        result = self.detector.score_batch(_decode_input(model_input, self.detector))
-        scores = result.scores[self.detector.score_method]
-        out = pd.DataFrame({
-            "score": scores.astype(float),
-            "decision": self.detector.decide(scores),
-            "threshold": float(self.detector.threshold),
-        })
-        if params and params.get("return_maps"):
-            out["anomaly_map"] = [m.tolist() for m in result.maps]
-        return out
-
-
-def _decode_input(model_input: Any, detector: Any) -> Batch:
-    """Images prepared the way the detector saved (its Preprocessing), as inspection does."""
-    if isinstance(model_input, pd.DataFrame):
-        if "image" in model_input and model_input["image"].notna().all():
-            sources = [(f"<row {i}>", _as_bytes(b)) for i, b in enumerate(model_input["image"])]
-        elif "path" in model_input:
-            sources = [(Path(p), None) for p in model_input["path"]]
-        else:
-            raise ValueError("input needs an 'image' column (encoded image bytes) or a 'path' column")
-    elif isinstance(model_input, (list, tuple)):
-        sources = [(Path(p), None) for p in model_input]
-    else:
-        raise ValueError(f"unsupported input type {type(model_input).__name__}")
-    return detector.preprocessing.batch(sources)
-
-
-def _as_bytes(value: Any) -> bytes:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):  # base64 from a JSON request
-        import base64
-
-        return base64.b64decode(value)
-    raise ValueError(f"image column holds {type(value).__name__}, expected bytes")
-
-
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)]),
-    outputs=Schema([ColSpec("double", "score"), ColSpec("string", "decision"), ColSpec("double", "threshold")]),
-    params=ParamSchema([ParamSpec("return_maps", "boolean", False)]),
-)
-
-
 def _pyfunc_spec(det_dir: Path, example_image: Path | None) -> dict[str, Any]:
     """What makes the served model: the same for a logged model and a saved folder."""
     example = pd.DataFrame({"image": [example_image.read_bytes()]}) if example_image is not None else None
-    return {"python_model": str(Path(__file__).with_name("served_model.py")), "artifacts": {"detector": str(det_dir)},
-            "signature": SIGNATURE, "input_example": example, "pip_requirements": [f"anomaflow=={anomaflow_version()}"]}
+    return {
+        "python_model": SERVED_MODEL_FILE,
+        "artifacts": {"detector": str(det_dir)},
+        "signature": SIGNATURE,
+        "input_example": example,
+        "pip_requirements": [f"anomaflow=={anomaflow_version()}"],
+    }
 
 
 @contextmanager
@@ -454,7 +377,7 @@ def load_registered_detector(name: str, version: str) -> Detector:
 
 
 def parse_model_ref(ref: str, default_alias: str = CHAMPION) -> tuple[str, str | None, str | None]:
-    """"NAME", "NAME@alias" or "NAME/version" -> (name, alias, version); a bare name means its champion."""
+    """ "NAME", "NAME@alias" or "NAME/version" -> (name, alias, version); a bare name means its champion."""
     if "@" in ref:
         name, alias = ref.split("@", 1)
         return name, alias, None
@@ -486,8 +409,19 @@ def resolve_model_ref(ref: str) -> tuple[str, str]:
 
 
 # What calibration logged beside the threshold: the operating point an export carries.
-OPERATING_METRICS = ("threshold", "pixel_threshold", "target_fpr", "target_recall", "threshold_percentile", "heldout_fpr",
-                     "heldout_fpr_low", "heldout_fpr_high", "heldout_normals", "tail_fpr_estimate", "syn_recall_estimate")
+OPERATING_METRICS = (
+    "threshold",
+    "pixel_threshold",
+    "target_fpr",
+    "target_recall",
+    "threshold_percentile",
+    "heldout_fpr",
+    "heldout_fpr_low",
+    "heldout_fpr_high",
+    "heldout_normals",
+    "tail_fpr_estimate",
+    "syn_recall_estimate",
+)
 
 
 def operating_point(name: str, version: str) -> dict[str, Any]:
@@ -512,65 +446,3 @@ def log_export(name: str, version: str, directory: Path, fmt: str) -> str:
         uri = f"runs:/{run_id}/export/{fmt}"
         client.set_model_version_tag(name, version, f"anomaflow.export.{fmt}", uri)
     return uri
-
-
-# -- Prefect tasks over the adapter (retried: the tracking server may blip) ------------------
-from prefect import get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
-
-TRACKING_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.2)
-
-
-@dataclass
-class Registration:
-    run_id: str
-    experiment_id: str
-    model_uri: str
-    model_name: str
-    version: str
-    aliases: list[str]
-    ui_url: str | None
-
-
-@task(name="log_run", cache_policy=NO_CACHE, **TRACKING_RETRIES)
-def log_run_task(record: RunRecord, finish: bool = False, run_id: str | None = None) -> str:
-    """Log the run; finish=False leaves it RUNNING until the model is registered."""
-    with unreachable_as_error("logging the training run"):
-        run_id = log_run(record, finish, run_id)
-    get_run_logger().info("MLflow run %s in experiment %s (%s)", run_id, record.experiment, mlflow.get_tracking_uri())
-    return run_id
-
-
-@task(name="start_run", cache_policy=NO_CACHE, **TRACKING_RETRIES)
-def start_run_task(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any], dataset: tuple[str, str, Path]) -> str:
-    """Open the training run (RUNNING) with its params and its dataset input."""
-    configure()
-    with unreachable_as_error("opening the training run"):
-        run_id = start_run(experiment, run_name, tags, params)
-        log_dataset(run_id, *dataset)
-    get_run_logger().info("MLflow run %s (%s) is open in experiment %s", run_name, run_id, experiment)
-    return run_id
-
-
-@task(name="register_model", cache_policy=NO_CACHE, **TRACKING_RETRIES)
-def register_model_task(run_id: str, detector: Detector, name: str, example_image: Path | None, first_champion: bool = True) -> Registration:
-    """Log the pyfunc model into the run and register it; the run is FINISHED only after this.
-
-    A version is created only after its artifacts are fully logged, and aliases only after the
-    version exists, so an alias never points at a half-uploaded model. A retry after a failure
-    past registration reuses that version instead of registering a second one."""
-    configure()
-    with unreachable_as_error(f"registering model {name!r}"):
-        version = version_of_run(name, run_id)
-        if version is None:
-            model_uri = log_model(run_id, detector, example_image)
-            version, aliases = register(model_uri, name, run_id, first_champion)
-        else:
-            model_uri = f"models:/{name}/{version}"
-            aliases = set_registration_aliases(name, version, first_champion)
-            get_run_logger().info("reusing %s version %s registered by an earlier attempt", name, version)
-        finish_run(run_id)
-        exp_id = run_experiment_id(run_id)
-    get_run_logger().info("registered %s version %s with aliases %s", name, version, aliases)
-    return Registration(run_id, exp_id, model_uri, name, version, aliases, ui_url(run_id, exp_id))

@@ -1,4 +1,5 @@
 """Load images once and train the detector on good images only."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,12 +8,13 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from model import data, pipeline
-from model.config import TrainConfig
-from model.detector import Detector
-from model.screen import Screen
-from model.selection import Selection, SyntheticCheck, near_chance_warning, select, synthetic_check
-from tasks import tracking
+from anomaflow.model import pipeline
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.data import datasets as data
+from anomaflow.model.data.screen import Screen
+from anomaflow.model.detectors.base import Detector
+from anomaflow.model.evaluation.selection import Selection, SyntheticCheck, near_chance_warning, synthetic_check
+from anomaflow.tasks import tracking
 
 
 @dataclass
@@ -44,8 +46,12 @@ def screen_training_set(config: TrainConfig, arrays: pipeline.Arrays) -> tuple[p
     log.info("%s%s", found.summary(), hint)
     if config.exclude_suspects and found.suspects:
         arrays, found = pipeline.without_suspects(arrays, found)
-        log.info("left %d suspects out of training and calibration (--exclude-suspects): %d fit, %d held-out images remain",
-                    len(found.excluded), len(arrays.fit), len(arrays.holdout))
+        log.info(
+            "left %d suspects out of training and calibration (--exclude-suspects): %d fit, %d held-out images remain",
+            len(found.excluded),
+            len(arrays.fit),
+            len(arrays.holdout),
+        )
     return arrays, found
 
 
@@ -56,7 +62,13 @@ def train_model(config: TrainConfig, arrays: pipeline.Arrays, run_id: str | None
     log = get_run_logger()
     logged: set[int] = set()
     threads = pipeline.configure_threads(config.num_threads)
-    log.info("training %s on %d good images (%d held out), %d torch threads", config.detector, len(arrays.fit), len(arrays.holdout), threads)
+    log.info(
+        "training %s on %d good images (%d held out), %d torch threads",
+        config.detector,
+        len(arrays.fit),
+        len(arrays.holdout),
+        threads,
+    )
 
     def progress(rec: dict[str, Any]) -> None:
         if "train_loss" not in rec:  # a family without epochs (PatchCore): log its stage record
@@ -77,25 +89,58 @@ def train_model(config: TrainConfig, arrays: pipeline.Arrays, run_id: str | None
 
 
 @task(name="choose_detector", cache_policy=NO_CACHE)
-def choose_detector(config: TrainConfig, arrays: pipeline.Arrays, dataset: data.Dataset,
-                    screened: Screen | None = None) -> tuple[Selection, pipeline.Arrays]:
+def choose_detector(
+    config: TrainConfig, arrays: pipeline.Arrays, dataset: data.Dataset, screened: Screen | None = None
+) -> tuple[Selection, pipeline.Arrays]:
     """--detector auto: candidates scored on synthetic defects in held-out normals (never the test
     split), then the frame policy; returns the choice and the arrays (frame) the run goes on with."""
     log = get_run_logger()
     pipeline.configure_threads(config.num_threads)
-    choice = select(config, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), config.auto_budget_seconds, log=log.info)
-    choice, arrays = pipeline.choose_frame(config, dataset, arrays, choice, screened, log=log.info)
-    log.info("auto: chose %s (%s)", choice.chosen, ", ".join(f"{r['name']} {r.get('syn_image_auroc', float('nan')):.4f}" for r in choice.rows))
+    choice, arrays = pipeline.choose_detector(config, dataset, arrays, screened, log=log.info)
+    log.info(
+        "auto: chose %s (%s)",
+        choice.chosen,
+        ", ".join(f"{r['name']} {r.get('syn_image_auroc', float('nan')):.4f}" for r in choice.rows),
+    )
     if choice.warning:
         log.warning("%s", choice.warning)
     return choice, arrays
 
 
 @task(name="check_on_synthetic_defects", cache_policy=NO_CACHE)
-def check_on_synthetic_defects(detector: Detector, config: TrainConfig, arrays: pipeline.Arrays) -> tuple[SyntheticCheck, str]:
+def check_on_synthetic_defects(
+    detector: Detector, config: TrainConfig, arrays: pipeline.Arrays
+) -> tuple[SyntheticCheck, str]:
     """Synthetic-defect AUROC of the trained model on held-out normals; a warning when near chance."""
     check = synthetic_check(detector, arrays.holdout, arrays.holdout_valid, config.seed)
     warning = near_chance_warning(f"the {detector.family} model", check.metrics.get("syn_image_auroc"))
     if warning:
         get_run_logger().warning("%s", warning)
     return check, warning
+
+
+@dataclass
+class Fitted:
+    """The detector a run goes on with, how it was checked on synthetic defects, and the config
+    and arrays (frame) it was fitted with: with auto, the chosen candidate's."""
+
+    config: TrainConfig
+    arrays: pipeline.Arrays
+    trained: TrainedModel
+    synthetic: SyntheticCheck
+    warning: str
+    selection: Selection | None = None
+
+
+def fit_detector(
+    config: TrainConfig, arrays: pipeline.Arrays, dataset: data.Dataset, screened: Screen | None, run_id: str
+) -> Fitted:
+    """--detector auto: the candidate choose_detector picked, already fitted and checked while
+    choosing; otherwise train the configured family and check it on synthetic defects."""
+    if config.detector == "auto":
+        selection, arrays = choose_detector(config, arrays, dataset, screened)
+        trained = TrainedModel(selection.detector, selection.history, selection.fit_seconds)
+        return Fitted(selection.config, arrays, trained, selection.synthetic, selection.warning, selection)
+    trained = train_model(config, arrays, run_id)
+    synthetic, warning = check_on_synthetic_defects(trained.detector, config, arrays)
+    return Fitted(config, arrays, trained, synthetic, warning)

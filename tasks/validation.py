@@ -1,4 +1,5 @@
 """Data validation gate: the flow stops here, with every problem named, before any compute."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +8,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from model import data, pipeline, plots
-from model.config import TrainConfig
-from model.curation import curation_summary
+from anomaflow.model import pipeline
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.data import datasets as data
+from anomaflow.model.data.curation import curation_summary
+from anomaflow.model.evaluation import plots
 
 
 class DatasetInvalid(data.DataError):

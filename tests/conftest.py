@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny generated demo dataset and the real data location."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MVTec-layout demo set (64 px) shared by end-to-end tests."""
-    from model.demo import make_demo_dataset
+    from anomaflow.model.data.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("demo-data")
     make_demo_dataset(root, "demo", seed=0, image_size=64, n_train=20, n_test_good=4, n_test_per_defect=3)
@@ -34,7 +35,9 @@ def anomaflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def real_data_or_skip() -> Path:
     if not (SHARED_DATA / "bottle").is_dir():
-        pytest.skip(f"real MVTec AD Bottle not found at {SHARED_DATA / 'bottle'} (it lives in ../shared beside the repo)")
+        pytest.skip(
+            f"real MVTec AD Bottle not found at {SHARED_DATA / 'bottle'} (it lives in ../shared beside the repo)"
+        )
     return SHARED_DATA
 
 
@@ -68,7 +71,9 @@ def _prefect_console_follows_capture():
     if "prefect.logging.handlers" in sys.modules:
         from prefect.logging.handlers import PrefectConsoleHandler
 
-        loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+        loggers = [logging.getLogger()] + [
+            lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+        ]
         for lg in loggers:
             for h in lg.handlers:
                 if isinstance(h, PrefectConsoleHandler):
@@ -116,8 +121,15 @@ def stop_process(proc, timeout: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def served(cmd: list[str], home: Path, health_url: str, *, env: dict | None = None, cwd: Path | None = None,
-           timeout: float = 120.0) -> Iterator:
+def served(
+    cmd: list[str],
+    home: Path,
+    health_url: str,
+    *,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120.0,
+) -> Iterator:
     """Run a server process (output in home/server.log) until health_url answers 200; yield it and
     stop it on exit. A server that exits or never answers fails with the tail of its log."""
     import subprocess
@@ -139,8 +151,22 @@ def served(cmd: list[str], home: Path, health_url: str, *, env: dict | None = No
 def mlflow_server_cmd(port: int, backend_store_uri: str, artifacts: Path) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts)]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+    ]
 
 
 @pytest.fixture(scope="module")

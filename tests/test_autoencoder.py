@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.autoencoder import AutoencoderDetector, ConvAutoencoder
-from model.config import AutoencoderConfig
-from model.registry import load_detector
+from anomaflow.model.config import AutoencoderConfig
+from anomaflow.model.detectors.autoencoder import AutoencoderDetector, ConvAutoencoder
+from anomaflow.model.detectors.registry import load_detector
+from tests.helpers import spy_torch_load
 
 
 def _images(n, size, seed=0):
@@ -88,14 +89,7 @@ def test_save_load_roundtrip_weights_only(tmp_path, monkeypatch):
     assert meta["family"] == "autoencoder" and meta["threshold"] == 0.123 and meta["image_size"] == 64
     assert (tmp_path / "m" / "weights.pt").is_file() and not (tmp_path / "m" / "last.pt").exists()
 
-    calls = []
-    real_load = torch.load
-
-    def spy(*a, **kw):
-        calls.append(kw.get("weights_only"))
-        return real_load(*a, **kw)
-
-    monkeypatch.setattr(torch, "load", spy)
+    calls = spy_torch_load(monkeypatch)
     loaded = load_detector(tmp_path / "m")
     assert calls == [True]
     assert loaded.score_method == "max" and loaded.threshold == 0.123 and loaded.pixel_threshold == 0.05
@@ -109,6 +103,27 @@ def test_load_rejects_non_model_dir(tmp_path):
     (tmp_path / "detector.json").write_text(json.dumps({"format_version": 1, "family": "nope"}))
     with pytest.raises(ValueError, match="unknown detector family"):
         load_detector(tmp_path)
+
+
+def test_a_version_1_file_is_read_through_the_one_migration(tmp_path):
+    """Files written before frames, the aspect policy and drift references load as they were
+    meant: a square frame with images squashed into it, no reference; unknown versions fail."""
+    det = AutoencoderDetector(_cfg(epochs=1))
+    x = _images(8, 64)
+    det.fit(x)
+    det.calibrate(threshold=0.2, pixel_threshold=0.05)
+    det.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "detector.json").read_text())
+    assert meta["format_version"] == 2 and meta["frame"] == [64, 64] and meta["keep_aspect"] is True
+    old = {k: v for k, v in meta.items() if k not in ("frame", "keep_aspect", "reference")}
+    (tmp_path / "m" / "detector.json").write_text(json.dumps({**old, "format_version": 1}))
+    loaded = load_detector(tmp_path / "m")
+    assert loaded.frame == (64, 64) and loaded.keep_aspect is False and loaded.reference is None
+    assert loaded.threshold == 0.2 and loaded.preprocessing.keep_aspect is False
+    np.testing.assert_allclose(loaded.anomaly_maps(x[:2]), det.anomaly_maps(x[:2]), rtol=1e-5, atol=1e-7)
+    (tmp_path / "m" / "detector.json").write_text(json.dumps({**meta, "format_version": 7}))
+    with pytest.raises(ValueError, match="unsupported format_version 7"):
+        load_detector(tmp_path / "m")
 
 
 def test_held_out_normals_are_monitored_but_choose_nothing():

@@ -1,4 +1,5 @@
 """Offline pretrained backbones: exact weight loading, TF padding, clear errors, never a download."""
+
 import sys
 
 import numpy as np
@@ -6,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import backbone as bb
-from model.backbone import Conv2dSame, EfficientNetLite0, FeatureBackbone, WeightsNotFoundError
+from anomaflow.model.detectors import backbone as bb
+from anomaflow.model.detectors.backbone import Conv2dSame, EfficientNetLite0, FeatureBackbone, WeightsNotFoundError
+from anomaflow.model.files import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_feature_backbone_uses_the_exact_weights(lite0_state):
     fb = FeatureBackbone("efficientnet_lite0", ["stage3", "stage4"])
     own = fb.net.state_dict()
     assert set(own) == set(state) and all(torch.equal(own[k], v) for k, v in state.items())
-    assert fb.weights_sha256 == bb.sha256_file(bb.lite0_package_weights())
+    assert fb.weights_sha256 == sha256_file(bb.lite0_package_weights())
     assert fb.channels == [40, 80] and fb.reductions == [8, 16]
     assert not any(p.requires_grad for p in fb.parameters())
     fb.train()
@@ -81,7 +83,9 @@ def test_classifier_labels_real_photos():
     photos = {
         "china": load_sample_image("china.jpg"),  # a temple: palace 698 (monastery 663, bell cote 442)
         "flower": load_sample_image("flower.jpg"),  # daisy 985
-        "grace_hopper": np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))),  # military uniform 652
+        "grace_hopper": np.asarray(
+            Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+        ),  # military uniform 652
     }
     net = bb.load_lite0_classifier()
     with torch.inference_mode():

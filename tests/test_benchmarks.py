@@ -1,11 +1,12 @@
 """Benchmark scripts on tiny generated data: what they save and store must be usable as is."""
+
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from model.registry import load_detector
+from anomaflow.model.detectors.registry import load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,31 +18,68 @@ def load_script(name: str):
     return module
 
 
+def stored_run(tmp_path: Path, json_name: str) -> list[str]:
+    """One seed on 2 threads, cached and stored under tmp_path: the flags most benchmark tests pass."""
+    stored = ["--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / json_name)]
+    return ["--seeds", "0", "--threads", "2", *stored]
+
+
 def test_quality_benchmark_saves_calibrated_models(demo_root, tmp_path):
     quality = load_script("quality")
     out = tmp_path / "models"
-    rc = quality.main(["--data", str(demo_root), "--category", "demo", "--configs", "default", "--seeds", "0",
-                       "--epochs", "1", "--threads", "2", "--map-sigmas", "4", "--cache-dir", str(tmp_path / "cache"),
-                       "--json", str(tmp_path / "q.json"), "--save-models", str(out)])
+    rc = quality.main(
+        [
+            "--data",
+            str(demo_root),
+            "--category",
+            "demo",
+            "--configs",
+            "default",
+            "--epochs",
+            "1",
+            "--map-sigmas",
+            "4",
+            *stored_run(tmp_path, "q.json"),
+            "--save-models",
+            str(out),
+        ]
+    )
     assert rc == 0
     meta = json.loads((out / "default-seed0" / "detector.json").read_text())
     run = json.loads((tmp_path / "q.json").read_text())["default"][0]
     assert meta["threshold"] is not None and meta["pixel_threshold"] is not None
     # The saved model is the configuration as defined (own map sigma), with the thresholds its row reports.
-    assert meta["threshold"] == pytest.approx(run["threshold"]) and meta["pixel_threshold"] == pytest.approx(run["pixel_threshold"])
+    assert meta["threshold"] == pytest.approx(run["threshold"]) and meta["pixel_threshold"] == pytest.approx(
+        run["pixel_threshold"]
+    )
     det = load_detector(out / "default-seed0")
     assert det.config.map_sigma == 2.0 and det.threshold == pytest.approx(run["threshold"])
 
 
-def test_pixel_threshold_benchmark_reads_no_test_image_and_stores_what_it_prints(demo_root, tmp_path, capsys, monkeypatch):
-    from model import data
+def test_pixel_threshold_benchmark_reads_no_test_image_and_stores_what_it_prints(
+    demo_root, tmp_path, capsys, monkeypatch
+):
+    from anomaflow.model.data import datasets as data
 
     bench = load_script("pixel_threshold")
     loaded: list = []
     real = data.load_images
-    monkeypatch.setattr(data, "load_images", lambda samples, *a, **kw: loaded.extend(samples) or real(samples, *a, **kw))
-    rc = bench.main(["--data", str(demo_root), "--category", "demo", "--detector", "autoencoder", "--epochs", "1",
-                     "--seeds", "0", "--threads", "2", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "p.json")])
+    monkeypatch.setattr(
+        data, "load_images", lambda samples, *a, **kw: loaded.extend(samples) or real(samples, *a, **kw)
+    )
+    rc = bench.main(
+        [
+            "--data",
+            str(demo_root),
+            "--category",
+            "demo",
+            "--detector",
+            "autoencoder",
+            "--epochs",
+            "1",
+            *stored_run(tmp_path, "p.json"),
+        ]
+    )
     assert rc == 0
     assert loaded and {s.split for s in loaded} == {"train"}  # no test image is decoded for the choice
     printed = capsys.readouterr().out
@@ -53,17 +91,35 @@ def test_pixel_threshold_benchmark_reads_no_test_image_and_stores_what_it_prints
 
 def test_generalisation_benchmark_runs_the_flow_steps_per_dataset_and_prints_one_table(demo_root, tmp_path, capsys):
     bench = load_script("generalisation")
-    rc = bench.main(["--datasets", f"tiny={demo_root}:demo", f"absent={tmp_path}:nothing", "--families", "patchcore",
-                     "--frames", "keep", "square", "--seeds", "0", "--threads", "2", "--cache-dir", str(tmp_path / "cache"),
-                     "--json", str(tmp_path / "g.json")])
+    rc = bench.main(
+        [
+            "--datasets",
+            f"tiny={demo_root}:demo",
+            f"absent={tmp_path}:nothing",
+            "--families",
+            "patchcore",
+            "--frames",
+            "keep",
+            "square",
+            *stored_run(tmp_path, "g.json"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     stored = json.loads((tmp_path / "g.json").read_text())
     rec, squashed = stored["results"]
-    assert rec["dataset"] == "tiny" and 0.0 <= rec["metrics"]["recall_at_test_fpr_5pct"] <= 1.0 and rec["images_per_second"] > 0
+    assert (
+        rec["dataset"] == "tiny"
+        and 0.0 <= rec["metrics"]["recall_at_test_fpr_5pct"] <= 1.0
+        and rec["images_per_second"] > 0
+    )
     assert rec["keep_aspect"] and not squashed["keep_aspect"] and rec["frame"] == [256, 256]
     assert stored["skipped"] and "absent" in stored["skipped"][0]
-    assert "| tiny | patchcore | 256x256 | 0 |" in out and "| tiny | patchcore | 256x256 squashed | 0 |" in out and "skipped absent" in out
+    assert (
+        "| tiny | patchcore | 256x256 | 0 |" in out
+        and "| tiny | patchcore | 256x256 squashed | 0 |" in out
+        and "skipped absent" in out
+    )
     assert bench.main(["--from-json", str(tmp_path / "g.json")]) == 0
     assert "| tiny | patchcore | 256x256 | 0 |" in capsys.readouterr().out
 
@@ -87,7 +143,9 @@ def test_screen_benchmark_moves_planted_defects_out_of_the_test_split(demo_root,
     assert len(names) == 4 and len(test) == len(original) - 4
     assert not train & {digest(p) for p in test}  # a planted defect is never also a test image
     for p in test:  # every remaining defect keeps its mask
-        assert p.parent.name == "good" or (work / "demo" / "ground_truth" / p.parent.name / f"{p.stem}_mask.png").is_file()
+        assert (
+            p.parent.name == "good" or (work / "demo" / "ground_truth" / p.parent.name / f"{p.stem}_mask.png").is_file()
+        )
     out = tmp_path / "screen.json"
     assert bench.main(["--data", str(demo_root), "--category", "demo", "--planted", "0", "3", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
@@ -113,11 +171,37 @@ def test_stored_frame_policy_result_prints_and_never_falls_below_squashing(capsy
 def test_inspection_speed_benchmark_runs_every_rate_and_runtime_on_the_demo_data(demo_root, tmp_path, capsys):
     bench = load_script("inspection_speed")
     out = tmp_path / "speed.json"
-    assert bench.main(["--data", str(demo_root), "--category", "demo", "--shapes", "native", "--runtimes", "torch", "onnxruntime",
-                       "--rates", "0", "0.5", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--data",
+                str(demo_root),
+                "--category",
+                "demo",
+                "--shapes",
+                "native",
+                "--runtimes",
+                "torch",
+                "onnxruntime",
+                "--rates",
+                "0",
+                "0.5",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["runtime"], r["rate"]) for r in rows] == [("torch", 0.0), ("torch", 0.5), ("onnxruntime", 0.0), ("onnxruntime", 0.5)]
-    assert [r["defects"] for r in rows if r["rate"] == 0.0] == [0, 0] and all(r["defects"] > 0 for r in rows if r["rate"] == 0.5)
+    assert [(r["runtime"], r["rate"]) for r in rows] == [
+        ("torch", 0.0),
+        ("torch", 0.5),
+        ("onnxruntime", 0.0),
+        ("onnxruntime", 0.5),
+    ]
+    assert [r["defects"] for r in rows if r["rate"] == 0.0] == [0, 0] and all(
+        r["defects"] > 0 for r in rows if r["rate"] == 0.5
+    )
     exported = rows[2]
     assert exported["same_decisions"] and exported["score_diff"] < 1e-5  # the export scores as torch does
     printed = capsys.readouterr().out

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model import calibration as cal
+from anomaflow.model.evaluation import calibration as cal
 
 
 def test_percentile_threshold_matches_numpy():
@@ -74,7 +74,7 @@ def test_pixel_threshold_from_normal_maps():
 def test_training_config_refuses_f1_max_and_logs_the_method_used():
     from pydantic import ValidationError
 
-    from model.config import TrainConfig
+    from anomaflow.model.config import TrainConfig
 
     with pytest.raises(ValidationError, match="f1_max' needs labelled defects"):
         TrainConfig(threshold_method="f1_max")
@@ -83,24 +83,28 @@ def test_training_config_refuses_f1_max_and_logs_the_method_used():
 
 
 def test_tail_threshold_stays_put_when_train_good_holds_a_few_odd_images():
-    from model.calibration import fpr_estimate, percentile_threshold, tail_threshold
+    from anomaflow.model.evaluation.calibration import fpr_estimate, percentile_threshold, tail_threshold
 
     rng = np.random.default_rng(0)
     normals = rng.gumbel(1.0, 0.1, size=40)
     odd = np.r_[normals, [normals.max() * 5] * 2]  # two odd images among the held-out normals
     clean_tail, odd_tail = tail_threshold(normals, 0.01), tail_threshold(odd, 0.01)
     assert abs(odd_tail - clean_tail) / clean_tail < 0.05  # the tail model barely moves ...
-    assert percentile_threshold(odd, 99.0) > 3 * percentile_threshold(normals, 99.0)  # ... the order statistic jumps to the odd ones
+    assert percentile_threshold(odd, 99.0) > 3 * percentile_threshold(
+        normals, 99.0
+    )  # ... the order statistic jumps to the odd ones
     # The fitted tail is near the true Gumbel quantile (1.0 + 0.1 * 4.6 = 1.46 at FPR 1 %).
     assert 1.3 < clean_tail < 1.65
     est = fpr_estimate(normals, clean_tail)
-    assert est["heldout_normals"] == 40 and est["heldout_fpr_low"] <= est["heldout_fpr"] <= est["heldout_fpr_high"] <= 0.2
+    assert (
+        est["heldout_normals"] == 40 and est["heldout_fpr_low"] <= est["heldout_fpr"] <= est["heldout_fpr_high"] <= 0.2
+    )
     with pytest.raises(ValueError, match="at least 4"):
         tail_threshold(normals[:3], 0.01)
 
 
 def test_recall_threshold_keeps_the_target_share_of_defect_scores_above_it():
-    from model.calibration import recall_threshold
+    from anomaflow.model.evaluation.calibration import recall_threshold
 
     rng = np.random.default_rng(0)
     defects = rng.normal(5, 1, 200)
@@ -114,7 +118,7 @@ def test_recall_threshold_keeps_the_target_share_of_defect_scores_above_it():
 
 
 def test_tail_exceedance_at_the_tail_threshold_is_the_target_fpr():
-    from model.calibration import tail_exceedance, tail_threshold
+    from anomaflow.model.evaluation.calibration import tail_exceedance, tail_threshold
 
     normal = np.random.default_rng(1).gumbel(3.0, 0.5, 40)
     for fpr in (0.001, 0.01, 0.05):

@@ -3,11 +3,24 @@ import shutil
 
 import pytest
 
-from flows.cli import main
+from anomaflow.flows.cli import main
+from tests.helpers import DEMO_DEFECT_IOU, EVAL_METRICS, train_args
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "mlflow_sqlite")
 
-FAST = ["--detector", "autoencoder", "--image-size", "64", "--epochs", "2", "--batch-size", "8", "--threads", "2", "--no-register"]
+FAST = [
+    "--detector",
+    "autoencoder",
+    "--image-size",
+    "64",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--threads",
+    "2",
+    "--no-register",
+]
 
 
 def test_train_end_to_end_writes_metrics_and_figures(demo_root, tmp_path, capsys):
@@ -15,11 +28,10 @@ def test_train_end_to_end_writes_metrics_and_figures(demo_root, tmp_path, capsys
     rc = main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(out), *FAST])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou",
-                "pixel_iou_blob", "pixel_iou_crack", "pixel_iou_scratch", "pixel_iou_oracle", "threshold",
-                "pixel_threshold", "train_seconds", "f1"):
+    also = ("pixel_iou_oracle", "threshold", "pixel_threshold", "train_seconds", "f1")
+    for key in (*EVAL_METRICS, *DEMO_DEFECT_IOU, *also):
         assert key in m, key
-    for key in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou"):
+    for key in EVAL_METRICS:
         assert 0.0 <= m[key] <= 1.0
     assert m["pixel_iou_oracle"] >= m["pixel_iou"] - 1e-9
     for fig in ("roc.png", "score_histogram.png", "heatmaps.png"):
@@ -34,16 +46,24 @@ def test_train_end_to_end_writes_metrics_and_figures(demo_root, tmp_path, capsys
     closing = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done in")][0]
     # The decision score's AUROC leads; the threshold's recall and test FPR and its operating point follow.
     assert closing.split(": ", 1)[1].startswith(f"image_auroc={m['image_auroc']:.4f} (smoothed_max), pixel_auroc=")
-    assert f"recall {m['recall']:.3f} at test FPR {m['false_positive_rate']:.3f}" in closing and "held-out FPR" in closing
+    assert (
+        f"recall {m['recall']:.3f} at test FPR {m['false_positive_rate']:.3f}" in closing and "held-out FPR" in closing
+    )
     assert str(out) in closing
 
 
 def test_train_without_data_uses_demo(anomaflow_home, tmp_path, monkeypatch):
-    import model.pipeline as pipeline
+    import anomaflow.model.pipeline as pipeline
 
     real = pipeline.make_demo_dataset
     # The built-in demo set at its default size is what `make demo` uses; keep this test quick with a smaller one.
-    monkeypatch.setattr(pipeline, "make_demo_dataset", lambda root, cat, seed=0: real(root, cat, seed=seed, image_size=64, n_train=12, n_test_good=3, n_test_per_defect=2))
+    monkeypatch.setattr(
+        pipeline,
+        "make_demo_dataset",
+        lambda root, cat, seed=0: real(
+            root, cat, seed=seed, image_size=64, n_train=12, n_test_good=3, n_test_per_defect=2
+        ),
+    )
     out = tmp_path / "out"
     assert main(["train", "--output", str(out), *FAST]) == 0
     assert (anomaflow_home / "demo-data" / "demo" / ".demo.json").is_file()
@@ -82,10 +102,16 @@ def test_inspect_on_a_missing_or_empty_folder_fails_before_prefect_mlflow_or_tor
         inbox.mkdir()
     if case == "no images":
         (inbox / "notes.txt").write_text("not an image")
-    probe = ("import sys; from flows.cli import main; rc = main(sys.argv[1:]); "
-             "print(rc, *(m in sys.modules for m in ('prefect', 'mlflow', 'torch')))")
-    out = subprocess.run([sys.executable, "-c", probe, "inspect", "--input", str(inbox), "--output", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=120)
+    probe = (
+        "import sys; from anomaflow.flows.cli import main; rc = main(sys.argv[1:]); "
+        "print(rc, *(m in sys.modules for m in ('prefect', 'mlflow', 'torch')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, "inspect", "--input", str(inbox), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.split() == ["2", "False", "False", "False"], out.stdout + out.stderr
     assert str(inbox) in out.stderr and ("does not exist" if case == "missing" else "no images") in out.stderr
     assert not (tmp_path / "out").exists()
@@ -107,23 +133,30 @@ def test_train_on_plain_folder_of_good_images(demo_root, tmp_path):
 
 
 def test_patchcore_detector_flag_uses_family_defaults():
-    from flows.cli import build_parser, config_from_args
+    from anomaflow.flows.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "patchcore"]))
     assert cfg.detector == "patchcore" and cfg.image_size == 256
     assert cfg.score_method == "max" and cfg.pixel_threshold_percentile == 99.99
-    cfg = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "patchcore", "--image-size", "128", "--score-method", "mean"]))
+    cfg = config_from_args(
+        build_parser().parse_args(
+            ["train", "--output", "o", "--detector", "patchcore", "--image-size", "128", "--score-method", "mean"]
+        )
+    )
     assert cfg.image_size == 128 and cfg.score_method == "mean"
     ae = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "autoencoder"]))
     assert ae.detector == "autoencoder" and ae.image_size == 128 and ae.score_method == "smoothed_max"
     auto = config_from_args(build_parser().parse_args(["train", "--output", "o"]))  # the default: chosen per dataset
     assert auto.detector == "auto" and auto.image_size == 256 and auto.padim.image_size == 256
-    assert config_from_args(build_parser().parse_args(["train", "--output", "o", "--image-size", "128"])).padim.image_size == 128
+    assert (
+        config_from_args(build_parser().parse_args(["train", "--output", "o", "--image-size", "128"])).padim.image_size
+        == 128
+    )
 
 
 def test_autoencoder_flags_default_to_the_config_and_can_be_turned_off():
-    from flows.cli import build_parser, config_from_args
-    from model.config import AutoencoderConfig
+    from anomaflow.flows.cli import build_parser, config_from_args
+    from anomaflow.model.config import AutoencoderConfig
 
     parse = build_parser().parse_args
     assert config_from_args(parse(["train", "--output", "o"])).autoencoder == AutoencoderConfig()
@@ -134,15 +167,16 @@ def test_autoencoder_flags_default_to_the_config_and_can_be_turned_off():
 
 def test_train_patchcore_end_to_end(demo_root, tmp_path):
     out = tmp_path / "pc"
-    rc = main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
-               "--image-size", "64", "--threads", "2", "--no-register"])
+    rc = main(train_args(demo_root, out, "--no-register"))
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["image_auroc_max"] <= 1.0 and "pixel_aupro" in m
     assert json.loads((out / "model" / "detector.json").read_text())["family"] == "patchcore"
 
 
-def test_train_on_a_dataset_without_masks_reports_image_metrics_and_says_why_no_pixel_metrics(demo_root, tmp_path, capsys):
+def test_train_on_a_dataset_without_masks_reports_image_metrics_and_says_why_no_pixel_metrics(
+    demo_root, tmp_path, capsys
+):
     root = tmp_path / "labels_only"
     shutil.copytree(demo_root, root)
     shutil.rmtree(root / "demo" / "ground_truth")
@@ -190,8 +224,7 @@ def test_ten_grayscale_jpegs_of_mixed_sizes_train_and_evaluate(tmp_path):
                 (cat / "ground_truth" / "crack").mkdir(parents=True, exist_ok=True)
                 Image.fromarray(mask, "L").save(cat / "ground_truth" / "crack" / f"{i:03d}_mask.png")
     out = tmp_path / "out"
-    rc = main(["train", "--data", str(tmp_path / "root"), "--category", "plates", "--output", str(out), "--detector", "patchcore",
-               "--image-size", "64", "--threads", "2", "--no-register", "--seed", "0"])
+    rc = main(train_args(tmp_path / "root", out, "--no-register", "--seed", "0", category="plates"))
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     validation = json.loads((out / "validation.json").read_text())
@@ -201,15 +234,17 @@ def test_ten_grayscale_jpegs_of_mixed_sizes_train_and_evaluate(tmp_path):
 
     import hashlib
 
-    from model.registry import load_detector
-    from model.inspection import RowBuffer, defect_figure_paths, inspect_files
+    from anomaflow.model.detectors.registry import load_detector
+    from anomaflow.model.operations.inspection import RowBuffer, defect_figure_paths, inspect_files
 
     det = load_detector(out / "model")
     assert det.keep_aspect and min(det.frame) == 64  # short side = --image-size, long side from the median ratio
     inbox = cat / "test" / "crack"
     files = sorted(inbox.glob("*.jpg"))
     buf = RowBuffer(tmp_path / "inspected")
-    inspect_files(det, files, inbox, buf, model_name="m", model_version="1", threshold=-1e9)  # every part a DEFECT: figures for all
+    inspect_files(
+        det, files, inbox, buf, model_name="m", model_version="1", threshold=-1e9
+    )  # every part a DEFECT: figures for all
     for f in files:
         heat, over = defect_figure_paths(buf.dir, hashlib.sha256(f.read_bytes()).hexdigest())
         with Image.open(f) as src, Image.open(heat) as h, Image.open(over) as o:
@@ -222,7 +257,7 @@ def test_auto_chooses_on_held_out_normals_only_and_permuted_test_labels_change_n
     candidate's score unchanged, while the test metrics do change."""
     import random
 
-    from model.selection import AUTO
+    from anomaflow.model.evaluation.selection import AUTO
 
     permuted = tmp_path / "permuted"
     shutil.copytree(demo_root, permuted)
@@ -234,9 +269,10 @@ def test_auto_chooses_on_held_out_normals_only_and_permuted_test_labels_change_n
     results = []
     for root in (demo_root, permuted):
         out = tmp_path / f"auto-{root.name}"
-        assert main(["train", "--data", str(root), "--category", "demo", "--output", str(out), "--detector", "auto",
-                     "--image-size", "64", "--threads", "2", "--no-register"]) == 0
-        results.append((json.loads((out / "metrics.json").read_text()), json.loads((out / "selection.json").read_text())))
+        assert main(train_args(root, out, "--no-register", detector="auto")) == 0
+        results.append(
+            (json.loads((out / "metrics.json").read_text()), json.loads((out / "selection.json").read_text()))
+        )
     (m1, s1), (m2, s2) = results
     strip = lambda s: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in s["candidates"]]  # noqa: E731
     assert strip(s1) == strip(s2) and s1["chosen"] == s2["chosen"] == m1["auto_choice"]
@@ -254,17 +290,21 @@ def test_a_few_defective_parts_in_train_good_do_not_set_the_threshold(tmp_path):
     to the odd parts and misses more."""
     import itertools
 
-    from model import data
-    from model.demo import make_demo_dataset
+    from anomaflow.model.data import datasets as data
+    from anomaflow.model.data.demo import make_demo_dataset
 
     root = tmp_path / "odd"
     make_demo_dataset(root, "demo", seed=1, image_size=64, n_train=80, n_test_good=8, n_test_per_defect=4)
-    slipped = make_demo_dataset(tmp_path / "other", "demo", seed=2, image_size=64, n_train=1, n_test_good=0, n_test_per_defect=1)
+    slipped = make_demo_dataset(
+        tmp_path / "other", "demo", seed=2, image_size=64, n_train=1, n_test_good=0, n_test_per_defect=1
+    )
     good = root / "demo" / "train" / "good"
     odd = sorted(p for p in (slipped / "test").rglob("*.png") if p.parent.name != "good")
     assert len(odd) == 3
     train = data.scan_mvtec(root, "demo").train
-    for stems in itertools.combinations([s.path.stem for s in train], 3):  # deterministic: the first the split holds out
+    for stems in itertools.combinations(
+        [s.path.stem for s in train], 3
+    ):  # deterministic: the first the split holds out
         names = [f"{stem}_odd.png" for stem in stems]
         _, held = data.split_train([*train, *(data.Sample(good / n, "train", "good") for n in names)], 0.2, 0)
         if sum("odd" in s.path.name for s in held) == 3:
@@ -277,8 +317,7 @@ def test_a_few_defective_parts_in_train_good_do_not_set_the_threshold(tmp_path):
     runs = {}
     for method in ("tail", "percentile"):
         out = tmp_path / method
-        assert main(["train", "--data", str(root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
-                     "--image-size", "64", "--threads", "2", "--no-register", "--threshold-method", method]) == 0
+        assert main(train_args(root, out, "--no-register", "--threshold-method", method)) == 0
         runs[method] = json.loads((out / "metrics.json").read_text())
     tail, pct = runs["tail"], runs["percentile"]
     assert tail["threshold_method_used"] == "tail" and tail["heldout_normals"] == len(held)
@@ -290,8 +329,7 @@ def test_a_few_defective_parts_in_train_good_do_not_set_the_threshold(tmp_path):
 
 def test_target_recall_sets_the_threshold_on_synthetic_defects_and_says_it_is_an_estimate(demo_root, tmp_path, capsys):
     out = tmp_path / "recall"
-    assert main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
-                 "--image-size", "64", "--threads", "2", "--no-register", "--target-recall", "0.95"]) == 0
+    assert main(train_args(demo_root, out, "--no-register", "--target-recall", "0.95")) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["threshold_method_used"] == "recall" and m["target_recall"] == 0.95
     assert m["syn_recall_estimate"] >= 0.95
@@ -300,9 +338,26 @@ def test_target_recall_sets_the_threshold_on_synthetic_defects_and_says_it_is_an
 
 
 def test_backbone_and_layers_flags_reach_the_patchcore_config():
-    from flows.cli import build_parser, config_from_args
+    from anomaflow.flows.cli import build_parser, config_from_args
 
-    cfg = config_from_args(build_parser().parse_args(["train", "--output", "o", "--detector", "patchcore",
-                                                      "--backbone", "efficientnet_lite2", "--layers", "stage2", "stage3"]))
+    cfg = config_from_args(
+        build_parser().parse_args(
+            [
+                "train",
+                "--output",
+                "o",
+                "--detector",
+                "patchcore",
+                "--backbone",
+                "efficientnet_lite2",
+                "--layers",
+                "stage2",
+                "stage3",
+            ]
+        )
+    )
     assert cfg.patchcore.backbone == "efficientnet_lite2" and cfg.patchcore.layers == ["stage2", "stage3"]
-    assert config_from_args(build_parser().parse_args(["train", "--output", "o"])).patchcore.backbone == "efficientnet_lite0"
+    assert (
+        config_from_args(build_parser().parse_args(["train", "--output", "o"])).patchcore.backbone
+        == "efficientnet_lite0"
+    )

@@ -1,6 +1,7 @@
 """docker/compose.yaml and docker/Dockerfile checked without a Docker engine: every service,
 port, volume and variable the code and prefect.yaml expect is defined, and the image installs
 the torch pins of pyproject.toml."""
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,24 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-LONG_RUNNING = {"postgres", "minio", "mlflow", "prefect-server", "prefect-worker", "dask-scheduler", "dask-worker", "review"}
+LONG_RUNNING = {
+    "postgres",
+    "minio",
+    "mlflow",
+    "prefect-server",
+    "prefect-worker",
+    "dask-scheduler",
+    "dask-worker",
+    "review",
+}
 
 
 def env_example() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -97,7 +110,9 @@ def test_every_variable_has_a_value_in_env_example(raw):
     env = env_example()
     for name, op, _ in VAR.findall(text):
         assert name in env or (op and "-" in op), f"${{{name}}} has no default and is not in .env.example"
-    assert all(v.startswith("change-me") for k, v in env.items() if "PASSWORD" in k), "example passwords must be placeholders"
+    assert all(v.startswith("change-me") for k, v in env.items() if "PASSWORD" in k), (
+        "example passwords must be placeholders"
+    )
 
 
 def test_services_health_checks_and_named_volumes(compose, services):
@@ -113,7 +128,9 @@ def test_services_health_checks_and_named_volumes(compose, services):
         for dep, cond in svc.get("depends_on", {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
             if cond["condition"] == "service_healthy":
-                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, but it has no health check"
+                assert "healthcheck" in services[dep], (
+                    f"{name} waits for {dep} to be healthy, but it has no health check"
+                )
 
 
 def test_ports(services):
@@ -132,7 +149,11 @@ def test_mlflow_uses_postgres_and_the_minio_bucket(services):
     store = urlparse(env["MLFLOW_BACKEND_STORE_URI"])
     pg = services["postgres"]["environment"]
     assert (store.scheme, store.hostname, store.port, store.path) == ("postgresql", "postgres", 5432, "/mlflow")
-    assert (store.username, store.password, pg["POSTGRES_DB"]) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], "mlflow")
+    assert (store.username, store.password, pg["POSTGRES_DB"]) == (
+        pg["POSTGRES_USER"],
+        pg["POSTGRES_PASSWORD"],
+        "mlflow",
+    )
     cmd = command(mlflow)
     assert cmd[:2] == ["mlflow", "server"] and "--backend-store-uri" not in cmd  # read from MLFLOW_BACKEND_STORE_URI
     bucket = urlparse(flag(cmd, "--artifacts-destination"))
@@ -142,9 +163,14 @@ def test_mlflow_uses_postgres_and_the_minio_bucket(services):
     assert init["environment"]["MLFLOW_BUCKET"] == bucket.hostname
     assert http_target(env["MLFLOW_S3_ENDPOINT_URL"]) == ("minio", 9000)
     minio = services["minio"]["environment"]
-    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
-    assert mlflow["depends_on"] == {"postgres": {"condition": "service_healthy"},
-                                    "minio-init": {"condition": "service_completed_successfully"}}
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    assert mlflow["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "minio-init": {"condition": "service_completed_successfully"},
+    }
 
 
 def test_prefect_server_uses_postgres(compose, services):
@@ -152,12 +178,14 @@ def test_prefect_server_uses_postgres(compose, services):
     assert (url.scheme, url.hostname, url.port, url.path) == ("postgresql+asyncpg", "postgres", 5432, "/prefect")
     init_sql = compose["configs"]["create-prefect-database"]["content"]
     assert "CREATE DATABASE prefect" in init_sql
-    assert any(c["source"] == "create-prefect-database" and c["target"].startswith("/docker-entrypoint-initdb.d/")
-               for c in services["postgres"]["configs"])
+    assert any(
+        c["source"] == "create-prefect-database" and c["target"].startswith("/docker-entrypoint-initdb.d/")
+        for c in services["postgres"]["configs"]
+    )
 
 
 def test_clients_reach_the_servers_by_service_name_and_port(services):
-    from tasks.inspection import DASK_ADDRESS_ENV, inspect_shard
+    from anomaflow.tasks.inspection import DASK_ADDRESS_ENV, inspect_shard
 
     mlflow_allowed = services["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     for name in ("prefect-worker", "dask-worker"):
@@ -171,7 +199,9 @@ def test_clients_reach_the_servers_by_service_name_and_port(services):
     assert http_target(address) == ("dask-scheduler", 8786)
     assert command(services["dask-worker"])[:3] == ["dask", "worker", address]
     assert flag(command(services["dask-worker"]), "--nthreads") == "1"
-    assert flag(command(services["dask-worker"]), "--preload") == inspect_shard.fn.__module__  # warm: imports done at start
+    assert (
+        flag(command(services["dask-worker"]), "--preload") == inspect_shard.fn.__module__
+    )  # warm: imports done at start
 
 
 def test_worker_serves_the_pool_of_prefect_yaml_with_its_paths_mounted(services):
@@ -187,20 +217,27 @@ def test_worker_serves_the_pool_of_prefect_yaml_with_its_paths_mounted(services)
             paths.append(params["config"]["data_root"])
         for p in paths:
             full = PurePosixPath(os.path.normpath(workdir / p))
-            assert any(full.is_relative_to(t) for t in mounted), f"{d['name']}: {p} ({full}) is not on a volume of the worker"
+            assert any(full.is_relative_to(t) for t in mounted), (
+                f"{d['name']}: {p} ({full}) is not on a volume of the worker"
+            )
     # Shards read the inbox and write heat maps at the paths the flow hands them.
     for p in ("input_dir", "output_dir"):
         param = next(d["parameters"][p] for d in prefect_deployments() if p in d["parameters"])
         full = PurePosixPath(os.path.normpath(workdir / param))
         target = next(t for t in mounted if full.is_relative_to(t))
-        assert mounts(dask_worker).get(target) == mounted[target], f"dask-worker does not mount {target} like the worker"
+        assert mounts(dask_worker).get(target) == mounted[target], (
+            f"dask-worker does not mount {target} like the worker"
+        )
 
 
 def test_python_services_run_the_anomaflow_image(services):
     image = services["mlflow"]["image"]
     for name in ("mlflow", "prefect-server", "prefect-worker", "dask-scheduler", "dask-worker"):
         svc = services[name]
-        assert svc["image"] == image and (DOCKER / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"  # dockerfile is relative to the context
+        assert (
+            svc["image"] == image
+            and (DOCKER / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"
+        )  # dockerfile is relative to the context
 
 
 def test_dockerfile_pins_match_pyproject_and_runs_as_non_root():
@@ -217,13 +254,17 @@ def test_dockerfile_pins_match_pyproject_and_runs_as_non_root():
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     copied = {src for line in re.findall(r"^COPY\s+(.+)$", text, re.M) for src in line.split()[:-1]}
-    assert copied <= {"pyproject.toml", "README.md", "prefect.yaml", "model", "tasks", "flows", "review"}, f"unexpected COPY {copied}"
+    sources = set(pyproject["tool"]["setuptools"]["package-dir"].values())  # every folder of the namespace
+    assert copied == {"pyproject.toml", "README.md", "prefect.yaml", *sources}, f"COPY {copied}, packages {sources}"
     extras = re.search(r'pip install "\.\[([\w,]+)\]"', text)
-    assert extras and {"service", "export"} <= set(extras.group(1).split(","))  # the MLflow server's drivers; inspection's runtime
+    assert extras and {"service", "export"} <= set(
+        extras.group(1).split(",")
+    )  # the MLflow server's drivers; inspection's runtime
     service = " ".join(pyproject["project"]["optional-dependencies"]["service"])
     assert "psycopg" in service and "boto3" in service  # postgresql:// store and s3:// artifacts
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "**" in ignore, "the build context must exclude everything not copied"
+    assert all(f"!{s}/**" in ignore for s in sources), "every copied package folder must be in the build context"
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")
@@ -231,6 +272,18 @@ def test_docker_compose_config_accepts_the_file():
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("the docker compose plugin is not installed (only the docker client)")
-    out = subprocess.run(["docker", "compose", "-f", str(DOCKER / "compose.yaml"), "--env-file", str(DOCKER / ".env.example"),
-                          "config", "--quiet"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "-f",
+            str(DOCKER / "compose.yaml"),
+            "--env-file",
+            str(DOCKER / ".env.example"),
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr

@@ -1,4 +1,4 @@
-"""Tests for model.data: scanning, the image mode policy, masks, the cache, splitting and validation.
+"""Tests for anomaflow.model.data.datasets: scanning, the image mode policy, masks, the cache, splitting and validation.
 
 All images are tiny and generated in tmp_path; one test reads the real MVTec Bottle category
 (headers only plus a couple of decodes) when the shared data is present.
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from model import data as D
-from model.data import (
+from anomaflow.model.data import datasets as D
+from anomaflow.model.data.datasets import (
     DataError,
     Dataset,
     ImageCache,
@@ -302,10 +302,11 @@ def test_pixel_limit_checked_before_decoding(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(DataError, match="image too large: 64x64"):
         open_image(cut, max_pixels=100)
 
-    # The default (model.samples.MAX_PIXELS) is read at call time, so it governs load_image and the cache too.
-    import model.samples
+    # The default (anomaflow.model.data.samples.MAX_PIXELS) is read at call time, so it governs load_image and
+    # the cache too.
+    import anomaflow.model.data.samples
 
-    monkeypatch.setattr(model.samples, "MAX_PIXELS", 100)
+    monkeypatch.setattr(anomaflow.model.data.samples, "MAX_PIXELS", 100)
     with pytest.raises(DataError, match="exceeds 100 pixels"):
         load_image(path)
     with pytest.raises(DataError, match="exceeds 100 pixels"):
@@ -624,7 +625,7 @@ def test_defect_types_without_ground_truth_are_image_level_only(tmp_path: Path) 
 
 
 def test_pixel_metrics_cover_masked_types_only_and_are_absent_without_masks() -> None:
-    from model.evaluation import evaluate
+    from anomaflow.model.evaluation.evaluate import evaluate
 
     rng = np.random.default_rng(0)
     labels = np.array([0, 0, 1, 1, 1, 1])
@@ -635,14 +636,20 @@ def test_pixel_metrics_cover_masked_types_only_and_are_absent_without_masks() ->
     maps[masks] += 1.0
     maps[4:] += 5.0  # would wreck pixel AUROC if "dark" (no masks) counted as all-normal pixels
     scores = {"max": maps.reshape(6, -1).max(axis=1)}
-    common = dict(labels=labels, scores=scores, score_method="max", threshold=0.5, maps=maps, defects=defects, pixel_threshold=0.9)
+    common = dict(
+        labels=labels, scores=scores, score_method="max", threshold=0.5, maps=maps, defects=defects, pixel_threshold=0.9
+    )
     partial = evaluate(masks=masks, pixel_truth=np.array([1, 1, 1, 1, 0, 0], bool), **common)
     assert partial.metrics["pixel_auroc"] == pytest.approx(1.0) and "pixel_iou_dark" not in partial.metrics
-    assert "dark have image-level labels only" in partial.pixel_note and partial.metrics["image_auroc"] == pytest.approx(1.0)
+    assert "dark have image-level labels only" in partial.pixel_note and partial.metrics[
+        "image_auroc"
+    ] == pytest.approx(1.0)
     naive = evaluate(masks=masks, **common)  # had the unmasked images counted as all-normal pixels
     assert naive.metrics["pixel_auroc"] < 0.9
     none = evaluate(masks=np.zeros_like(masks), pixel_truth=np.array([1, 1, 0, 0, 0, 0], bool), **common)
-    assert not any(k.startswith("pixel_") for k in none.metrics) and none.pixel_note.startswith("absent: defect types crack, dark")
+    assert not any(k.startswith("pixel_") for k in none.metrics) and none.pixel_note.startswith(
+        "absent: defect types crack, dark"
+    )
     assert "image_auroc" in none.metrics and "recall" in none.metrics
 
 
@@ -705,7 +712,7 @@ def test_plain_folder_refuses_an_mvtec_category_folder(tmp_path: Path) -> None:
 
 
 def test_mistyped_category_in_an_mvtec_root_is_an_error_never_a_plain_folder(tmp_path: Path) -> None:
-    from model.pipeline import load_dataset
+    from anomaflow.model.pipeline import load_dataset
 
     for cat in ("bottle", "cable"):
         rgb(tmp_path / cat / "train" / "good" / "000.png")
@@ -721,12 +728,18 @@ def test_mistyped_category_in_an_mvtec_root_is_an_error_never_a_plain_folder(tmp
 
 
 def test_gate_partition_is_stratified_fixed_and_independent_of_order_and_run_seed(tmp_path: Path) -> None:
-    samples = [Sample(tmp_path / d / f"{i:03d}.png", "test", d, None) for d, n in (("good", 20), ("broken", 22), ("scratch", 1)) for i in range(n)]
+    samples = [
+        Sample(tmp_path / d / f"{i:03d}.png", "test", d, None)
+        for d, n in (("good", 20), ("broken", 22), ("scratch", 1))
+        for i in range(n)
+    ]
     gate = D.partition_test(samples, 0.3)
     by_type = {d: int(sum(g for s, g in zip(samples, gate) if s.defect == d)) for d in ("good", "broken", "scratch")}
     assert by_type == {"good": 6, "broken": 7, "scratch": 0}  # round(n * 0.3); a lone image stays reported
     shuffled = samples[::-1]
-    assert {s.path for s, g in zip(shuffled, D.partition_test(shuffled, 0.3)) if g} == {s.path for s, g in zip(samples, gate) if g}
+    assert {s.path for s, g in zip(shuffled, D.partition_test(shuffled, 0.3)) if g} == {
+        s.path for s, g in zip(samples, gate) if g
+    }
     grown = samples + [Sample(tmp_path / "crack" / f"{i:03d}.png", "test", "crack", None) for i in range(10)]
     assert list(D.partition_test(grown, 0.3)[: len(samples)]) == list(gate)  # a new defect type moves nothing
     assert not D.partition_test(samples, 0.0).any()
@@ -735,9 +748,9 @@ def test_gate_partition_is_stratified_fixed_and_independent_of_order_and_run_see
 
 
 def test_reported_metrics_and_gate_metrics_come_from_disjoint_parts(tmp_path: Path) -> None:
-    from model.config import TrainConfig
-    from model.demo import make_demo_dataset
-    from model.pipeline import Arrays, evaluation_split, load_arrays, load_dataset
+    from anomaflow.model.config import TrainConfig
+    from anomaflow.model.data.demo import make_demo_dataset
+    from anomaflow.model.pipeline import Arrays, evaluation_split, load_arrays, load_dataset
 
     make_demo_dataset(tmp_path, "demo", seed=0, image_size=32, n_train=6, n_test_good=10, n_test_per_defect=10)
     ds = load_dataset(tmp_path, "demo")

@@ -1,4 +1,4 @@
-"""Tests for the generated demo dataset (model/demo.py)."""
+"""Tests for the generated demo dataset (model/data/demo.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.demo import DEFECT_TYPES, MARKER_NAME, add_defect, main, make_demo_dataset, render_part
+from anomaflow.model.data.demo import DEFECT_TYPES, MARKER_NAME, add_defect, make_demo_dataset, render_part
 
 SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_per_defect=2)
 
@@ -103,9 +103,7 @@ def test_layout_counts_and_masks(small_dataset: Path) -> None:
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")], "temp dir left over"
 
 
-def test_same_seed_identical_bytes_different_seed_differs(
-    tmp_path: Path, small_dataset: Path
-) -> None:
+def test_same_seed_identical_bytes_different_seed_differs(tmp_path: Path, small_dataset: Path) -> None:
     again = make_demo_dataset(tmp_path / "a", "part", seed=3, **SMALL)
     other = make_demo_dataset(tmp_path / "b", "part", seed=4, **SMALL)
     ref = _files(small_dataset)
@@ -139,8 +137,9 @@ def test_existing_foreign_or_different_folder_raises(tmp_path: Path, small_datas
 
 
 def test_defect_subset_and_validation(tmp_path: Path) -> None:
-    out = make_demo_dataset(tmp_path, seed=0, image_size=32, n_train=1, n_test_good=0,
-                            n_test_per_defect=1, defects=("blob",))
+    out = make_demo_dataset(
+        tmp_path, seed=0, image_size=32, n_train=1, n_test_good=0, n_test_per_defect=1, defects=("blob",)
+    )
     assert sorted(p.name for p in (out / "test").iterdir()) == ["blob", "good"]
     with pytest.raises(ValueError):
         make_demo_dataset(tmp_path, "x", defects=("dent",))
@@ -149,10 +148,12 @@ def test_defect_subset_and_validation(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_main_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(tmp_path), "--seed", "1", "--size", "32"]) == 0
+def test_the_demo_data_command_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from anomaflow.flows.cli import main
+
+    assert main(["demo-data", str(tmp_path), "--seed", "1", "--size", "32"]) == 0
     line = capsys.readouterr().out.strip()
     assert "wrote" in line and "60 train" in line and "32 px" in line
     assert (tmp_path / "demo" / MARKER_NAME).exists()
-    main([str(tmp_path), "--seed", "1", "--size", "32"])
+    main(["demo-data", str(tmp_path), "--seed", "1", "--size", "32"])
     assert capsys.readouterr().out.startswith("reused")

@@ -1,5 +1,6 @@
 """prefect.yaml for real: a Prefect server on 127.0.0.1, the batch-inspection deployment
 deployed from prefect.yaml, a process worker, a triggered run and a complete results.csv."""
+
 import asyncio
 import os
 import subprocess
@@ -9,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.training import train_pipeline
-from model import inspection
+from anomaflow.flows.training import train_pipeline
+from anomaflow.model.operations import inspection
 from tests.conftest import free_port, served, stop_process
+from tests.helpers import tiny_config
 from tests.test_operation import make_inbox
-from tests.test_training_flow import tiny_config
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -27,13 +28,25 @@ def prefect_server(tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-scheduler", "--no-ui"]
+    cmd = [
+        str(BIN / "prefect"),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-scheduler",
+        "--no-ui",
+    ]
     with served(cmd, home, f"{url}/health", env=env, cwd=REPO):
         yield url, env
 
 
 def _prefect(args, env, **kw):
-    out = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180, **kw)
+    out = subprocess.run(
+        [str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180, **kw
+    )
     assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
 
@@ -62,11 +75,28 @@ def test_deploy_from_prefect_yaml_and_run_with_a_process_worker(prefect_server, 
     deployed = _prefect(["--no-prompt", "deploy", "--name", "bottle-hourly"], env)
     assert "batch-inspection/bottle-hourly" in deployed
     worker_log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "anomaflow-process", "--type", "process"],
-                              env=env, cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "anomaflow-process", "--type", "process"],
+        env=env,
+        cwd=REPO,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        _prefect(["deployment", "run", "batch-inspection/bottle-hourly", "--param", f"input_dir={inbox}",
-                  "--param", f"output_dir={out}", "--param", f"model_name={NAME}"], env)
+        _prefect(
+            [
+                "deployment",
+                "run",
+                "batch-inspection/bottle-hourly",
+                "--param",
+                f"input_dir={inbox}",
+                "--param",
+                f"output_dir={out}",
+                "--param",
+                f"model_name={NAME}",
+            ],
+            env,
+        )
         run = asyncio.run(_wait_flow_run(url, "batch-inspection"))
     finally:
         stop_process(worker, timeout=60)  # a worker slow to shut down on a loaded machine is killed, not a failure

@@ -1,5 +1,6 @@
 """The ELPV importer on a small generated stand-in of the package's data folder, and on the real
 package when it is installed (the optional extra `anomaflow[elpv]`)."""
+
 import importlib.util
 import json
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from model.data import DataError, scan_mvtec, validate_dataset
-from model.elpv import import_elpv
+from anomaflow.flows.cli import main
+from anomaflow.model.data.datasets import DataError, scan_mvtec, validate_dataset
+from anomaflow.model.data.elpv import import_elpv
 
 
 def fake_source(tmp_path, n_good=10, n_bad=3, n_unsure=2):
@@ -47,7 +48,9 @@ def test_import_writes_mvtec_layout_with_a_seeded_split_and_leaves_uncertain_cel
     with pytest.raises(FileExistsError, match="seed 4"):
         import_elpv(dest, seed=4, source=src)
     import_elpv(tmp_path / "other", seed=4, source=src)
-    assert {p.name for p in (tmp_path / "other" / "elpv_mono" / "train" / "good").iterdir()} != train  # the seed moves the split
+    assert {
+        p.name for p in (tmp_path / "other" / "elpv_mono" / "train" / "good").iterdir()
+    } != train  # the seed moves the split
 
 
 def test_missing_image_leaves_no_half_dataset(tmp_path):
@@ -58,12 +61,20 @@ def test_missing_image_leaves_no_half_dataset(tmp_path):
     assert [p.name for p in (tmp_path / "data").iterdir()] == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("elpv_dataset") is None, reason="optional extra anomaflow[elpv] not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("elpv_dataset") is None, reason="optional extra anomaflow[elpv] not installed"
+)
 def test_import_from_the_installed_package(tmp_path):
     infos = {i.category: i for i in import_elpv(tmp_path)}
     # The package's labels: mono 588 good / 313 defective / 173 uncertain; poly 920 / 402 / 228.
-    assert (infos["elpv_mono"].train_good + infos["elpv_mono"].test_good, infos["elpv_mono"].test_defective) == (588, 313)
-    assert (infos["elpv_poly"].train_good + infos["elpv_poly"].test_good, infos["elpv_poly"].test_defective) == (920, 402)
+    assert (infos["elpv_mono"].train_good + infos["elpv_mono"].test_good, infos["elpv_mono"].test_defective) == (
+        588,
+        313,
+    )
+    assert (infos["elpv_poly"].train_good + infos["elpv_poly"].test_good, infos["elpv_poly"].test_defective) == (
+        920,
+        402,
+    )
     assert infos["elpv_mono"].left_out_uncertain == 173 and infos["elpv_poly"].left_out_uncertain == 228
     with Image.open(next((tmp_path / "elpv_mono" / "train" / "good").iterdir())) as img:
         assert img.size == (300, 300) and img.mode == "L"

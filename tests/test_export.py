@@ -1,10 +1,11 @@
-"""Exported graphs (model.export) score like the torch model, and run without torch.
+"""Exported graphs (anomaflow.model.operations.export) score like the torch model, and run without torch.
 
 Each family is trained on the mixed-shape data of tests/test_parity.py (so the aspect-keeping
 frame letterboxes and the `valid` input matters), exported to ONNX and to OpenVINO IR, and run
-through model.runtime with ONNX Runtime and OpenVINO: scores and maps equal the torch model's
+through anomaflow.model.operations.runtime with ONNX Runtime and OpenVINO: scores and maps equal the torch model's
 within 1e-5 of their scale (the autoencoder's within 1e-4) and every decision is the same.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,20 +18,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import pipeline
-from model.export import EXPORT_FILE, export_detector
-from model.runtime import ExportedDetector
+from anomaflow.model import pipeline
+from anomaflow.model.operations.export import EXPORT_FILE, export_detector
+from anomaflow.model.operations.runtime import ExportedDetector
+from tests.helpers import inspect_args, train_args
 from tests.test_parity import _config, _train, make_mixed_dataset
 
 pytestmark = pytest.mark.slow
-CASES = [("autoencoder", True, "gray"), ("patchcore", True, "rgb"), ("patchcore", False, "gray"), ("padim", True, "gray"),
-         ("fusion", True, "gray")]
+CASES = [
+    ("autoencoder", True, "gray"),
+    ("patchcore", True, "rgb"),
+    ("patchcore", False, "gray"),
+    ("padim", True, "gray"),
+    ("fusion", True, "gray"),
+]
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory) -> dict[str, Path]:
-    return {mode: make_mixed_dataset(tmp_path_factory.mktemp(f"export-{mode}"), rgb=mode == "rgb") for mode in ("gray", "rgb")}
+    return {
+        mode: make_mixed_dataset(tmp_path_factory.mktemp(f"export-{mode}"), rgb=mode == "rgb")
+        for mode in ("gray", "rgb")
+    }
 
 
 # Within this share of the values' scale (float32 sums in another order; a fusion's standardised
@@ -45,14 +55,18 @@ def _close(got: np.ndarray, ref: np.ndarray, family: str) -> None:
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * float(np.abs(ref).max()))
 
 
-@pytest.mark.parametrize("family,keep_aspect,colour", CASES, ids=[f"{f}-{'keep' if k else 'squash'}-{c}" for f, k, c in CASES])
+@pytest.mark.parametrize(
+    "family,keep_aspect,colour", CASES, ids=[f"{f}-{'keep' if k else 'squash'}-{c}" for f, k, c in CASES]
+)
 def test_exported_scores_maps_and_decisions_equal_torch(roots, tmp_path, family, keep_aspect, colour):
     cfg = _config(roots[colour], family, keep_aspect, 64)
     ds = pipeline.load_dataset(roots[colour], "tiles")
     det, arrays, _, _ = _train(cfg, ds)
     files = [s.path for s in arrays.test_samples]
     batch = det.preprocessing.batch([(f, f.read_bytes()) for f in files])
-    assert keep_aspect == (batch.valid is not None and not batch.valid.all())  # letterboxed images where the frame keeps the ratio
+    assert keep_aspect == (
+        batch.valid is not None and not batch.valid.all()
+    )  # letterboxed images where the frame keeps the ratio
     ref = det.score_batch(batch)
     ref_scores = ref.scores[det.score_method]
     for fmt in ("onnx", "openvino"):
@@ -65,7 +79,10 @@ def test_exported_scores_maps_and_decisions_equal_torch(roots, tmp_path, family,
             got = exported.score_batch(batch)
             _close(got.scores[exported.score_method], ref_scores, family)
             _close(got.maps, ref.maps, family)
-            assert list(exported.decide(got.scores[exported.score_method])) == list(det.decide(ref_scores)), (fmt, runtime)
+            assert list(exported.decide(got.scores[exported.score_method])) == list(det.decide(ref_scores)), (
+                fmt,
+                runtime,
+            )
 
 
 def test_export_refuses_a_folder_in_use_and_an_uncalibrated_model(roots, tmp_path):
@@ -87,10 +104,11 @@ BLOCKER = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision', 'prefect', 'mlflow', 'sklearn', 'scipy', 'pydantic', 'matplotlib', 'pandas'):
+        if name.split('.')[0] in ('torch', 'torchvision', 'prefect', 'mlflow', 'sklearn', 'scipy', 'pydantic',
+                                  'matplotlib', 'pandas'):
             raise ImportError('blocked in this test: ' + name)
 sys.meta_path.insert(0, Block())
-from model.runtime import main
+from anomaflow.model.operations.runtime import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -103,9 +121,15 @@ def test_runtime_runs_a_folder_with_torch_mlflow_and_prefect_blocked(roots, tmp_
     inbox = roots["gray"] / "tiles" / "test"
     (inbox / "good" / "broken.png").write_bytes(b"not a png")  # a bad file is a row, the rest go on
     try:
+
         def run(*extra: str) -> list[dict[str, str]]:
-            proc = subprocess.run([sys.executable, "-c", BLOCKER, str(out), str(inbox), *extra], capture_output=True, text=True,
-                                  cwd=REPO, timeout=300)
+            proc = subprocess.run(
+                [sys.executable, "-c", BLOCKER, str(out), str(inbox), *extra],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                timeout=300,
+            )
             assert proc.returncode == 0, proc.stderr
             return list(csv.DictReader(io.StringIO(proc.stdout)))
 
@@ -128,13 +152,15 @@ def test_runtime_runs_a_folder_with_torch_mlflow_and_prefect_blocked(roots, tmp_
 def test_cli_exports_a_registered_version_and_logs_it_to_the_registry(demo_root, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from flows.cli import main
+    from anomaflow.flows.cli import main
 
-    assert main(["train", "--data", str(demo_root), "--category", "demo", "--output", str(tmp_path / "train"), "--detector", "patchcore",
-                 "--image-size", "64", "--threads", "2", "--model-name", "export-demo"]) == 0
+    assert main(train_args(demo_root, tmp_path / "train", "--model-name", "export-demo")) == 0
     version = str(MlflowClient().get_model_version_by_alias("export-demo", "champion").version)
     capsys.readouterr()
-    assert main(["export", "--model", f"export-demo/{version}", "--format", "openvino", "--output", str(tmp_path / "ov")]) == 0
+    assert (
+        main(["export", "--model", f"export-demo/{version}", "--format", "openvino", "--output", str(tmp_path / "ov")])
+        == 0
+    )
     assert f"v{version}" in capsys.readouterr().out
     meta = json.loads((tmp_path / "ov" / EXPORT_FILE).read_text())
     assert meta["model_name"] == "export-demo" and meta["model_version"] == version and meta["format"] == "openvino"
@@ -147,7 +173,7 @@ def test_cli_exports_a_registered_version_and_logs_it_to_the_registry(demo_root,
     # the exported threshold decides the demo test images as the registered model does
     files = sorted((demo_root / "demo" / "test").glob("*/*.png"))
     exported = ExportedDetector(tmp_path / "ov")
-    from tasks.tracking import load_registered_detector
+    from anomaflow.tasks.tracking import load_registered_detector
 
     det = load_registered_detector("export-demo", version)
     batch = det.preprocessing.batch([(f, f.read_bytes()) for f in files])
@@ -157,13 +183,12 @@ def test_cli_exports_a_registered_version_and_logs_it_to_the_registry(demo_root,
     assert main(["export", "--model", "export-demo@nosuchalias", "--output", str(tmp_path / "none")]) == 2
     assert "no alias 'nosuchalias'" in capsys.readouterr().err and not (tmp_path / "none").exists()
     # `inspect --runtime` scores with the export and writes the rows torch writes
-    from model.inspection import read_results
+    from anomaflow.model.operations.inspection import read_results
 
     inbox = demo_root / "demo" / "test"
     by_runtime = {}
     for runtime in ("torch", "onnxruntime", "openvino"):
-        assert main(["inspect", "--input", str(inbox), "--output", str(tmp_path / runtime), "--model", "export-demo",
-                     "--runtime", runtime]) == 0
+        assert main(inspect_args(inbox, tmp_path / runtime, "export-demo", "--runtime", runtime)) == 0
         by_runtime[runtime] = {r["path"]: r for r in read_results(tmp_path / runtime / "results.csv")}
     torch_rows = by_runtime.pop("torch")
     for runtime, rows in by_runtime.items():

@@ -1,4 +1,4 @@
-"""Faults (issue 8): the tracking server dies mid-training or is unreachable at inspection
+"""Faults: the tracking server dies mid-training or is unreachable at inspection
 start, and the output disk fills up. Nothing is lost, nothing is half-registered, failures
 name their cause.
 
@@ -6,11 +6,12 @@ A worker killed mid-inspection is covered by tests/test_operation.py
 (test_kill_9_mid_run_then_rerun_gives_one_row_per_image: kill -9 of the CLI after >= 10 rows,
 rerun, exactly one row per image and no torn line); it is not repeated here.
 """
+
 from __future__ import annotations
 
 import errno
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from model import inspection
-from tasks import tracking
+from anomaflow.model.operations import inspection
+from anomaflow.tasks import tracking
 from tests.conftest import free_port, mlflow_server_cmd, wait_http
+from tests.helpers import fit_tiny_autoencoder, inspect_inbox, tiny_config
 
 pytestmark = pytest.mark.slow
 SIZE = 64
@@ -61,7 +63,10 @@ class RestartableServer:
         log = open(self.home / "server.log", "a")
         self.proc = subprocess.Popen(
             mlflow_server_cmd(self.port, f"sqlite:///{self.home / 'mlflow.db'}", self.home / "artifacts"),
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.home,
+            start_new_session=True,
         )
         log.close()
         wait_http(f"{self.uri}/health", self.proc)
@@ -107,7 +112,7 @@ def hostile_dataset(demo_root: Path, dest: Path) -> Path:
     cat = dest / "demo"
     good = sorted((cat / "train" / "good").glob("*.png"))
     good[0].rename(good[0].with_name("with space ü.png"))
-    good[1].rename(good[1].with_name("$(touch PWNED);`id`,\"q\".png"))
+    good[1].rename(good[1].with_name('$(touch PWNED);`id`,"q".png'))
     blob = cat / "test" / "blob" / "000.png"
     mask = cat / "ground_truth" / "blob" / "000_mask.png"
     soft = np.asarray(Image.open(mask)).astype(np.float32)
@@ -120,11 +125,7 @@ def hostile_dataset(demo_root: Path, dest: Path) -> Path:
 
 
 def fault_config(root: Path, name: str):
-    from model.config import AutoencoderConfig, TrainConfig
-
-    ae = AutoencoderConfig(image_size=SIZE, base_channels=8, latent_channels=8, epochs=1, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, registered_model_name=name,
-                       experiment_name=f"faults-{name}")
+    return tiny_config(root, image_size=SIZE, epochs=1, registered_model_name=name, experiment_name=f"faults-{name}")
 
 
 def assert_registry_consistent(client: MlflowClient, name: str) -> None:
@@ -158,8 +159,8 @@ def test_server_killed_in_training_and_in_registration_then_restarted(server, de
     exactly one version for the run, both aliases on it, and it loads from its own artifacts."""
     import mlflow
 
-    from flows.training import train_pipeline
-    from model import pipeline
+    from anomaflow.flows.training import train_pipeline
+    from anomaflow.model import pipeline
 
     name = "faults-recover"
     events: list[str] = []
@@ -223,11 +224,13 @@ def test_server_gone_for_good_fails_clearly_and_registers_nothing_half(server, d
     is down: it stays RUNNING, never FINISHED."""
     import mlflow
 
-    from flows.training import train_pipeline
+    from anomaflow.flows.training import train_pipeline
 
     name = "faults-recover"  # champion registered by the test above (trained here when run alone)
     tracking.configure()
-    champion = tracking.resolve_alias(name, "champion") or train_pipeline(fault_config(demo_root, name))["model_version"]
+    champion = (
+        tracking.resolve_alias(name, "champion") or train_pipeline(fault_config(demo_root, name))["model_version"]
+    )
     real_register = mlflow.register_model
 
     def register_then_die(*args, **kwargs):
@@ -288,7 +291,7 @@ def test_unreachable_server_is_not_a_missing_alias(monkeypatch):
 
 @pytest.mark.usefixtures("prefect_api")
 def test_inspection_with_unreachable_server_fails_before_writing(tmp_path, monkeypatch):
-    from flows.inspection import batch_inspection
+    from anomaflow.flows.inspection import batch_inspection
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -300,7 +303,10 @@ def test_inspection_with_unreachable_server_fails_before_writing(tmp_path, monke
     t0 = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailable) as err:
         batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name="anomaflow-x")
-    assert f"MLflow tracking server {uri} did not answer while resolving alias 'champion' of model 'anomaflow-x'" in str(err.value)
+    assert (
+        f"MLflow tracking server {uri} did not answer while resolving alias 'champion' of model 'anomaflow-x'"
+        in str(err.value)
+    )
     assert time.monotonic() - t0 < 60
     assert not out.exists()  # no results.csv, no lock file, no folder
 
@@ -316,8 +322,14 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ENOSPC once a byte budget is spent (what a full file system does to an append)."""
     out = tmp_path / "out"
     out.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(out)],
-                             capture_output=True, text=True).returncode == 0 if shutil.which("mount") else False
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(out)], capture_output=True, text=True
+        ).returncode
+        == 0
+        if shutil.which("mount")
+        else False
+    )
     state = {"full": False, "mode": "tmpfs" if mounted else "simulated"}
     filler = out / "filler.bin"
 
@@ -367,9 +379,7 @@ def _inbox(demo_root: Path, path: Path, start: int, n: int) -> None:
 
 
 def _run(detector, inbox: Path, out: Path, threshold: float) -> inspection.InspectionSummary:
-    with inspection.Ledger(out) as ledger:
-        return inspection.inspect_files(detector, inspection.list_inbox(inbox), inbox, ledger, model_name="m",
-                                        model_version="1", threshold=threshold, batch_size=8)
+    return inspect_inbox(detector, inbox, out, threshold=threshold, batch_size=8)
 
 
 def _fill_then_fail(detector, demo_root: Path, inbox: Path, out: Path, fill, threshold: float) -> tuple[bytes, OSError]:
@@ -409,7 +419,9 @@ def test_disk_full_fails_and_keeps_written_rows(small_disk, detector, demo_root,
     if figures:
         for r in rows:
             assert all(p.is_file() and p.stat().st_size > 0 for p in inspection.defect_figure_paths(out, r["sha256"]))
-        assert not [p.name for p in (out / "defects").iterdir() if p.name.endswith(".tmp")]  # rerun replaced the partial one
+        assert not [
+            p.name for p in (out / "defects").iterdir() if p.name.endswith(".tmp")
+        ]  # rerun replaced the partial one
 
 
 def test_disk_full_error_names_the_results_file(small_disk, detector, demo_root, tmp_path):
@@ -418,17 +430,15 @@ def test_disk_full_error_names_the_results_file(small_disk, detector, demo_root,
     # Every scored part also gets review copies (views/), so the write that fails first is the
     # ledger's or a review copy's: either way the message names the file in the output folder.
     named = re.search(r"'([^']+)'", str(error))
-    assert error.errno == errno.ENOSPC and named and (named.group(1) == str(out / "results.csv") or named.group(1).startswith(str(out / "views") + "/"))
+    assert (
+        error.errno == errno.ENOSPC
+        and named
+        and (named.group(1) == str(out / "results.csv") or named.group(1).startswith(str(out / "views") + "/"))
+    )
 
 
 @pytest.fixture(scope="module")
 def detector(demo_root):
-    from model.autoencoder import AutoencoderDetector
-    from model.config import AutoencoderConfig
-    from model.data import load_images, scan_mvtec
-
-    ds = scan_mvtec(demo_root, "demo")
-    det = AutoencoderDetector(AutoencoderConfig(image_size=SIZE, base_channels=8, latent_channels=8, epochs=1, batch_size=8))
-    det.fit(load_images(ds.train, SIZE), progress=None)
+    det = fit_tiny_autoencoder(demo_root, SIZE)
     det.threshold, det.pixel_threshold = 0.0, 0.05
     return det

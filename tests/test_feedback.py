@@ -1,19 +1,27 @@
-"""Reviewer labels as numbers (model.feedback) and the curated copy with provenance (model.curation)."""
+"""Reviewer labels as numbers (anomaflow.model.evaluation.feedback) and the curated copy with provenance
+(anomaflow.model.data.curation)."""
+
 import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from model.curation import Addition, curate, curation_summary
-from model.feedback import at_threshold, propose, reviewed, threshold_table
+from anomaflow.model.data.curation import Addition, curate, curation_summary
+from anomaflow.model.evaluation.feedback import at_threshold, propose, reviewed, threshold_table
 
 
 def test_labels_become_truth_and_unsure_is_left_out():
-    r = reviewed([0.1, 0.5, 0.9, 1.2, 1.5, 0.7, None], ["good", "missed", "good", "defect", "defect", "unsure", "defect"])
+    r = reviewed(
+        [0.1, 0.5, 0.9, 1.2, 1.5, 0.7, None], ["good", "missed", "good", "defect", "defect", "unsure", "defect"]
+    )
     assert (r.defects, r.goods) == (3, 2)
     now = at_threshold(r, 1.0)  # the 0.5 'missed' and the 0.9 'good' sit below
-    assert (now["tp"], now["fp"], now["fn"], now["tn"]) == (2, 0, 1, 2) and now["precision"] == 1.0 and now["recall"] == pytest.approx(2 / 3)
+    assert (
+        (now["tp"], now["fp"], now["fn"], now["tn"]) == (2, 0, 1, 2)
+        and now["precision"] == 1.0
+        and now["recall"] == pytest.approx(2 / 3)
+    )
 
 
 def test_the_table_and_the_proposals_are_the_extreme_thresholds_that_reach_the_target():

@@ -1,12 +1,13 @@
 """The model frame keeps each image's aspect ratio: geometry, scoring and metrics ignore padding."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model import metrics
-from model.frame import Box, fit_box, model_frame, to_image_frame, valid_mask
-from model.scoring import image_scores
+from anomaflow.model.data.frame import Box, fit_box, model_frame, to_image_frame, valid_mask
+from anomaflow.model.detectors.scoring import image_scores
+from anomaflow.model.evaluation import metrics
 
 
 def test_frame_follows_the_training_images_median_aspect_ratio():
@@ -53,19 +54,24 @@ def test_padding_changes_no_image_score_and_no_pixel_metric():
     quiet = maps.copy()
     quiet[~valid] = -100.0
     for name in ("mean", "max", "smoothed_max"):
-        np.testing.assert_allclose(image_scores(loud, 2.0, valid)[name], image_scores(quiet, 2.0, valid)[name], rtol=1e-6)
+        np.testing.assert_allclose(
+            image_scores(loud, 2.0, valid)[name], image_scores(quiet, 2.0, valid)[name], rtol=1e-6
+        )
     assert metrics.pixel_auroc(masks, loud, valid) == pytest.approx(metrics.pixel_auroc(masks, quiet, valid))
     assert metrics.pixel_aupro(masks, loud, 0.3, valid) == pytest.approx(metrics.pixel_aupro(masks, quiet, 0.3, valid))
     assert metrics.good_image_false_positive_rate(masks, loud, 0.5, valid) == pytest.approx(
-        metrics.good_image_false_positive_rate(masks, quiet, 0.5, valid))
-    np.testing.assert_allclose(metrics.pixel_iou_per_image(masks, loud, 0.5, valid), metrics.pixel_iou_per_image(masks, quiet, 0.5, valid))
+        metrics.good_image_false_positive_rate(masks, quiet, 0.5, valid)
+    )
+    np.testing.assert_allclose(
+        metrics.pixel_iou_per_image(masks, loud, 0.5, valid), metrics.pixel_iou_per_image(masks, quiet, 0.5, valid)
+    )
     # Without `valid` the padding would count: the metrics can tell the difference.
     assert metrics.pixel_auroc(masks, loud) != pytest.approx(metrics.pixel_auroc(masks, quiet))
 
 
 def test_the_frame_policy_is_saved_with_the_model():
-    from model.config import TrainConfig
-    from model.pipeline import build_detector
+    from anomaflow.model.config import TrainConfig
+    from anomaflow.model.pipeline import build_detector
 
     det = build_detector(TrainConfig(detector="autoencoder", keep_aspect=False))
     det.set_frame(np.zeros((2, 128, 128, 3), np.uint8))

@@ -1,20 +1,23 @@
 """Fusion: member maps standardised on held-out normals, averaged; one saved folder; built from config."""
+
 import json
 
 import numpy as np
 import pytest
 
-from model.config import PadimConfig, PatchCoreConfig, TrainConfig
-from model.fusion import FusionDetector
-from model.padim import PadimDetector
-from model.patchcore import PatchCoreDetector
-from model.registry import build_detector, load_detector
+from anomaflow.model.config import PadimConfig, PatchCoreConfig, TrainConfig
+from anomaflow.model.detectors.fusion import FusionDetector
+from anomaflow.model.detectors.padim import PadimDetector
+from anomaflow.model.detectors.patchcore import PatchCoreDetector
+from anomaflow.model.detectors.registry import build_detector, load_detector
 from tests.test_padim import SIZE, _parts
 
 
 def _members() -> list:
-    return [PatchCoreDetector(PatchCoreConfig(image_size=SIZE, coreset_min_size=64), seed=0),
-            PadimDetector(PadimConfig(image_size=SIZE, batch_size=8), seed=0)]
+    return [
+        PatchCoreDetector(PatchCoreConfig(image_size=SIZE, coreset_min_size=64), seed=0),
+        PadimDetector(PadimConfig(image_size=SIZE, batch_size=8), seed=0),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def test_fitted_members_fuse_without_a_refit_and_must_share_a_frame(fused):
     x = _parts(2, 4)
     np.testing.assert_allclose(again.anomaly_maps(x), fused.anomaly_maps(x), rtol=1e-6, atol=1e-6)
     other = PadimDetector(PadimConfig(image_size=SIZE))
-    other.fit(np.concatenate([_parts(4, 0), _parts(4, 0)], axis=2)[:, :, :SIZE * 2], progress=None)  # a 64x128 frame
+    other.fit(np.concatenate([_parts(4, 0), _parts(4, 0)], axis=2)[:, :, : SIZE * 2], progress=None)  # a 64x128 frame
     with pytest.raises(ValueError, match="share one preprocessing"):
         FusionDetector.of_fitted([fused.members[0], other], _parts(6, 1))
 
@@ -72,7 +75,11 @@ def test_a_fusion_run_is_built_from_its_members_sections():
     det = build_detector(cfg)
     assert [m.family for m in det.members] == ["patchcore", "padim"] and det.image_size == 128 and cfg.image_size == 128
     params = cfg.params()
-    assert "patchcore.layers" in params and "padim.layers" in params and not any(k.startswith("autoencoder.") for k in params)
+    assert (
+        "patchcore.layers" in params
+        and "padim.layers" in params
+        and not any(k.startswith("autoencoder.") for k in params)
+    )
     with pytest.raises(ValueError, match="one image_size"):
         TrainConfig(detector="fusion", patchcore=PatchCoreConfig(image_size=128))
     with pytest.raises(RuntimeError, match="not fitted"):

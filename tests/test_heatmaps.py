@@ -1,9 +1,10 @@
 """Heat maps coloured without matplotlib keep matplotlib's colours."""
+
 import numpy as np
 from PIL import Image
 
-from model.heatmaps import heatmap_image, heatmap_rgb, overlay_rgb
-from model.inspection import save_png_atomic
+from anomaflow.model.operations.heatmaps import heatmap_image, heatmap_rgb, overlay_rgb
+from anomaflow.model.operations.inspection import save_png_atomic
 
 
 def test_lookup_table_colours_equal_matplotlib_jet_including_out_of_range_values():

@@ -1,4 +1,4 @@
-"""Hostile input (issue 8): the dataset reader, the training gate and batch inspection.
+"""Hostile input: the dataset reader, the training gate and batch inspection.
 
 Complements tests/test_data.py (one test per image mode, zero-byte, noise and truncated PNG,
 masks, orphan masks) and tests/test_inspection.py (zero-byte, noise, truncated PNG and float
@@ -9,6 +9,7 @@ while it is read), property tests over arbitrary and mutated bytes, and every ca
 through the training gate and the inspection loop. Every case ends in a named error (file and
 reason), a documented conversion, or one ERROR row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,11 +32,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from model import data as D
-from model import inspection
-from model.autoencoder import AutoencoderDetector
-from model.config import AutoencoderConfig
-from model.data import DataError, load_images, open_image, scan_folder, scan_mvtec, validate_dataset
+from anomaflow.model.data import datasets as D
+from anomaflow.model.data.datasets import DataError, load_images, open_image, scan_folder, scan_mvtec, validate_dataset
+from anomaflow.model.detectors.autoencoder import AutoencoderDetector
+from anomaflow.model.operations import inspection
+from tests.helpers import fit_tiny_autoencoder, inspect_inbox, tiny_config
 
 SIZE = 64
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,7 +67,7 @@ def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
 
 def part(seed: int = 0, size: int = SIZE) -> Image.Image:
     """A demo part (what the detector was trained on), so converted files get a real verdict."""
-    from model.demo import render_part
+    from anomaflow.model.data.demo import render_part
 
     return Image.fromarray(render_part(np.random.default_rng(seed), size))
 
@@ -78,7 +79,12 @@ def png_chunk(tag: bytes, payload: bytes) -> bytes:
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG header claiming width x height RGB with almost no data: 60 bytes on disk."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def bomb_jpeg(width: int, height: int) -> bytes:
@@ -196,7 +202,9 @@ _SEEDS = {
 @given(
     fmt=st.sampled_from(sorted(_SEEDS)),
     cut=st.one_of(st.none(), st.integers(min_value=0, max_value=2000)),
-    flips=st.lists(st.tuples(st.integers(min_value=0, max_value=2000), st.integers(min_value=1, max_value=255)), max_size=6),
+    flips=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2000), st.integers(min_value=1, max_value=255)), max_size=6
+    ),
 )
 def test_mutated_images_decode_or_raise_data_error(fmt: str, cut: int | None, flips: list[tuple[int, int]]) -> None:
     """Valid files with bytes flipped and/or cut short (what disks and networks do): the reader
@@ -224,7 +232,9 @@ def load_image_from(payload: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("load_truncated", [False, True])
-def test_truncated_jpeg_named_even_if_pil_would_pad(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_truncated: bool) -> None:
+def test_truncated_jpeg_named_even_if_pil_would_pad(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_truncated: bool
+) -> None:
     # Some library may flip PIL's global to grey-fill truncated images: the reader must still refuse.
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
     path = tmp_path / "cut.jpg"
@@ -236,7 +246,9 @@ def test_truncated_jpeg_named_even_if_pil_would_pad(tmp_path: Path, monkeypatch:
 
 @pytest.mark.parametrize("name", ["bomb_20000.png", "bomb_20000.jpg", "bomb_8000.png"])
 @pytest.mark.parametrize("pil_limit_off", [False, True])
-def test_decompression_bomb_rejected_from_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, pil_limit_off: bool) -> None:
+def test_decompression_bomb_rejected_from_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, pil_limit_off: bool
+) -> None:
     """A 60-byte file claiming 20000x20000 (1.2 GB decoded) is refused before any pixel buffer
     exists, also when another library switched PIL's own guard off (MAX_IMAGE_PIXELS = None)."""
     if pil_limit_off:
@@ -258,7 +270,9 @@ def test_decompression_bomb_rejected_from_the_header(tmp_path: Path, monkeypatch
         assert [(p.path, "image too large" in p.reason) for p in report.problems] == [(path, True)]
 
 
-def test_non_image_formats_behind_an_image_extension_are_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_image_formats_behind_an_image_extension_are_not_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """EPS (PIL runs Ghostscript on it) and GIF named .png: refused without reaching their decoder."""
     from PIL import EpsImagePlugin
 
@@ -302,7 +316,9 @@ def test_gate_accepts_every_documented_conversion(tmp_path: Path) -> None:
     ds = scan_mvtec(tmp_path, "zoo")
     report = validate_dataset(ds)
     assert report.ok, report.summary()
-    assert {"L", "P", "RGBA", "CMYK"} <= set(report.image_modes) and any(m.startswith("I;16") for m in report.image_modes)
+    assert {"L", "P", "RGBA", "CMYK"} <= set(report.image_modes) and any(
+        m.startswith("I;16") for m in report.image_modes
+    )
     assert "1x1" in report.image_sizes and f"{SIZE // 2}x{SIZE}" in report.image_sizes  # EXIF: displayed size
     images = load_images(ds.train, 32)
     assert images.shape == (len(ds.train), 32, 32, 3) and images.dtype == np.uint8
@@ -315,7 +331,7 @@ def test_gate_accepts_every_documented_conversion(tmp_path: Path) -> None:
 def test_hostile_and_non_utf8_names(tmp_path: Path) -> None:
     """Valid UTF-8 names of any kind are read; a name that is not UTF-8 is refused by the gate
     (it would break plots, MLflow tables and JSON after training), printed with \\x escapes."""
-    from tasks.tracking import data_fingerprint
+    from anomaflow.tasks.provenance import data_fingerprint
 
     folder = tmp_path / "mine"
     files = write_all(folder, {name: encode(part(i), "PNG") for i, name in enumerate(HOSTILE_NAMES)})
@@ -393,8 +409,14 @@ def run_unprivileged(code: str, cwd: Path) -> dict:
             pytest.skip("running as root without setpriv: cannot make a mode-000 file unreadable")
         prefix = DROP_DAC
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0 and "setpriv" in proc.stderr:
         pytest.skip(f"setpriv could not drop capabilities here: {proc.stderr.strip()[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -405,10 +427,11 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
     paths = write_all(folder, {"ok.png": encode(part(1), "PNG"), "locked.png": encode(part(2), "PNG")})
     paths["locked.png"].chmod(0o000)
-    result = run_unprivileged(f"""
+    result = run_unprivileged(
+        f"""
         import json
         from pathlib import Path
-        from model.data import DataError, open_image, scan_folder, validate_dataset
+        from anomaflow.model.data.datasets import DataError, open_image, scan_folder, validate_dataset
         folder = Path({str(folder)!r})
         ok = open_image(folder / "ok.png").size  # proves the folder itself is readable
         try:
@@ -418,7 +441,9 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
             err = [str(exc.path), exc.reason]
         report = validate_dataset(scan_folder(folder))
         print(json.dumps({{"ok": ok, "err": err, "problems": [[str(p.path), p.reason] for p in report.problems]}}))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     locked = str(paths["locked.png"])
     assert result["ok"] == [SIZE, SIZE]
     assert result["err"] == [locked, "cannot read file (Permission denied)"]
@@ -436,8 +461,8 @@ def test_unreadable_file_gets_an_error_row(tmp_path: Path, detector: Autoencoder
     code = f"""
         import json
         from pathlib import Path
-        from model import inspection
-        from model.registry import load_detector
+        from anomaflow.model.operations import inspection
+        from anomaflow.model.detectors.registry import load_detector
         det = load_detector({str(model_dir)!r})
         inbox, out = Path({str(inbox)!r}), Path({str(out)!r})
         runs = []
@@ -461,12 +486,15 @@ def test_unreadable_file_gets_an_error_row(tmp_path: Path, detector: Autoencoder
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_training_gate_refuses_every_broken_case_before_compute(demo_root: Path, mlflow_sqlite: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_gate_refuses_every_broken_case_before_compute(
+    demo_root: Path, mlflow_sqlite: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One dataset with every broken case: the flow fails in validate_dataset with each file and
     its reason; loading and training never start; nothing reaches MLflow."""
-    import flows.training
     from mlflow.tracking import MlflowClient
-    from tasks.validation import DatasetInvalid
+
+    import anomaflow.flows.training
+    from anomaflow.tasks.validation import DatasetInvalid
 
     root = tmp_path / "broken"
     shutil.copytree(demo_root, root)
@@ -479,7 +507,9 @@ def test_training_gate_refuses_every_broken_case_before_compute(demo_root: Path,
     expected[cat / "train" / "good" / "dangling.png"] = "broken symbolic link"
     gt = cat / "ground_truth"
     Image.new("L", (SIZE // 2, SIZE // 2), 255).save(gt / "blob" / "000_mask.png")  # wrong size
-    expected[gt / "blob" / "000_mask.png"] = f"mask size {SIZE // 2}x{SIZE // 2} does not match image size {SIZE}x{SIZE}"
+    expected[gt / "blob" / "000_mask.png"] = (
+        f"mask size {SIZE // 2}x{SIZE // 2} does not match image size {SIZE}x{SIZE}"
+    )
     Image.new("L", (SIZE, SIZE), 255).save(gt / "scratch" / "099_mask.png")  # mask without image
     expected[gt / "scratch" / "099_mask.png"] = "mask without image"
     (gt / "crack" / "001_mask.png").unlink()  # image without mask
@@ -488,10 +518,10 @@ def test_training_gate_refuses_every_broken_case_before_compute(demo_root: Path,
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("compute started on a dataset that failed validation")
 
-    monkeypatch.setattr(flows.training, "load_images", must_not_run)
-    monkeypatch.setattr(flows.training, "train_model", must_not_run)
+    monkeypatch.setattr(anomaflow.flows.training, "load_images", must_not_run)
+    monkeypatch.setattr(anomaflow.flows.training, "fit_detector", must_not_run)
     with pytest.raises(DatasetInvalid) as err:
-        flows.training.train_pipeline(_gate_config(root))
+        anomaflow.flows.training.train_pipeline(_gate_config(root))
     message = str(err.value)
     assert f"has {len(expected)} problem(s)" in message, message
     for path, reason in expected.items():
@@ -500,10 +530,7 @@ def test_training_gate_refuses_every_broken_case_before_compute(demo_root: Path,
 
 
 def _gate_config(root: Path):
-    from model.config import TrainConfig
-
-    ae = AutoencoderConfig(image_size=SIZE, base_channels=8, latent_channels=8, epochs=1, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, experiment_name="hostile-gate")
+    return tiny_config(root, image_size=SIZE, epochs=1, experiment_name="hostile-gate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,18 +539,18 @@ def _gate_config(root: Path):
 
 @pytest.fixture(scope="module")
 def detector(demo_root: Path) -> AutoencoderDetector:
-    ds = scan_mvtec(demo_root, "demo")
-    det = AutoencoderDetector(AutoencoderConfig(image_size=SIZE, base_channels=8, latent_channels=8, epochs=1, batch_size=8))
-    det.fit(load_images(ds.train, SIZE), progress=None)
-    scores = det.score(load_images(ds.train, SIZE)).scores[det.score_method]
+    det = fit_tiny_autoencoder(demo_root, SIZE)
+    scores = det.score(load_images(scan_mvtec(demo_root, "demo").train, SIZE)).scores[det.score_method]
     det.threshold, det.pixel_threshold = float(np.median(scores)), 0.05  # both verdicts occur
     return det
 
 
-def inspect(det: AutoencoderDetector, inbox: Path, out: Path, batch_size: int = 4, progress=None, version: str = "1") -> inspection.InspectionSummary:
-    with inspection.Ledger(out) as ledger:
-        return inspection.inspect_files(det, inspection.list_inbox(inbox), inbox, ledger, model_name="m",
-                                        model_version=version, threshold=det.threshold, batch_size=batch_size, progress=progress)
+def inspect(
+    det: AutoencoderDetector, inbox: Path, out: Path, batch_size: int = 4, progress=None, version: str = "1"
+) -> inspection.InspectionSummary:
+    return inspect_inbox(
+        det, inbox, out, threshold=det.threshold, version=version, batch_size=batch_size, progress=progress
+    )
 
 
 def test_inspection_every_hostile_file_gets_one_row(detector: AutoencoderDetector, tmp_path: Path) -> None:
@@ -543,11 +570,16 @@ def test_inspection_every_hostile_file_gets_one_row(detector: AutoencoderDetecto
     names = {p.name for p in inbox.iterdir()}
     assert set(rows) == names and summary.inspected == len(names)
     for name, (_, reason) in broken_files().items():
-        assert rows[name]["decision"] == "ERROR" and rows[name]["error"].startswith(reason.split(" (")[0]), (name, rows[name])
+        assert rows[name]["decision"] == "ERROR" and rows[name]["error"].startswith(reason.split(" (")[0]), (
+            name,
+            rows[name],
+        )
         assert rows[name]["score"] == ""
     for name in [*convertible_files(), *HOSTILE_NAMES]:
         assert rows[name]["decision"] in {"NORMAL", "DEFECT"} and rows[name]["error"] == "", (name, rows[name])
-    assert float(rows["exif_rotated.jpg"]["score"]) == pytest.approx(float(rows["exif_upright_copy.png"]["score"]), rel=1e-6)
+    assert float(rows["exif_rotated.jpg"]["score"]) == pytest.approx(
+        float(rows["exif_upright_copy.png"]["score"]), rel=1e-6
+    )
     assert summary.error == len(broken_files())
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
     again = inspect(detector, inbox, out)
@@ -565,11 +597,16 @@ def test_inspection_arbitrary_bytes_never_stop_the_batch(detector: AutoencoderDe
         summary = inspect(detector, inbox, out, batch_size=3)
         rows = inspection.read_results(out / "results.csv")
         distinct = len({*blobs, encode(part(1), "PNG")})
-        assert len(rows) == len(blobs) + 1 and summary.inspected == distinct  # a row per file; identical blobs scored once
+        assert (
+            len(rows) == len(blobs) + 1 and summary.inspected == distinct
+        )  # a row per file; identical blobs scored once
         assert summary.duplicates == len(blobs) + 1 - distinct
         for r in rows:  # random bytes could in principle be a valid tiny image: then a verdict
             assert (r["decision"] == "ERROR") == bool(r["error"]) and r["decision"] in {"ERROR", "NORMAL", "DEFECT"}
-        assert next(r for r in rows if r["sha256"] == hashlib.sha256(encode(part(1), "PNG")).hexdigest())["decision"] != "ERROR"
+        assert (
+            next(r for r in rows if r["sha256"] == hashlib.sha256(encode(part(1), "PNG")).hexdigest())["decision"]
+            != "ERROR"
+        )
 
 
 def test_inspection_folder_changes_while_it_is_read(detector: AutoencoderDetector, tmp_path: Path) -> None:
@@ -593,7 +630,10 @@ def test_inspection_folder_changes_while_it_is_read(detector: AutoencoderDetecto
     assert changed == [4] and first.total == 12
     rows = {r["path"]: r for r in inspection.read_results(out / "results.csv")}
     assert set(rows) == {f"{i:02d}.png" for i in range(12)}
-    assert rows["09.png"]["decision"] == "ERROR" and rows["09.png"]["error"] == "cannot read file (No such file or directory)"
+    assert (
+        rows["09.png"]["decision"] == "ERROR"
+        and rows["09.png"]["error"] == "cannot read file (No such file or directory)"
+    )
     assert rows["10.png"]["decision"] == "ERROR" and rows["10.png"]["error"].startswith("not a readable image")
     second = inspect(detector, inbox, out)
     assert second.inspected == 1  # late.png; the rest were done
@@ -627,7 +667,9 @@ def test_inspection_records_any_file_name_verbatim(detector: AutoencoderDetector
         assert [r["path"] for r in inspection.read_results(out / "results.csv")] == [stem + ".png"]
 
 
-def test_carriage_return_in_a_name_cannot_claim_another_files_row(detector: AutoencoderDetector, tmp_path: Path) -> None:
+def test_carriage_return_in_a_name_cannot_claim_another_files_row(
+    detector: AutoencoderDetector, tmp_path: Path
+) -> None:
     inbox = tmp_path / "inbox"
     write_all(inbox, {"victim.png": encode(part(1), "PNG"), "x\rvictim.png": b"not an image"})
     out = tmp_path / "out"

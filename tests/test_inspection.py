@@ -1,4 +1,5 @@
 """Batch-inspection bookkeeping and the inspect loop, on a small trained detector."""
+
 import os
 import shutil
 
@@ -6,16 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import inspection
-from model.autoencoder import AutoencoderDetector
-from model.config import AutoencoderConfig
-from model.data import load_images, scan_mvtec
+from anomaflow.model.config import AutoencoderConfig
+from anomaflow.model.data.datasets import load_images, scan_mvtec
+from anomaflow.model.detectors.autoencoder import AutoencoderDetector
+from anomaflow.model.operations import inspection
 
 
 @pytest.fixture(scope="module")
 def detector(demo_root):
     ds = scan_mvtec(demo_root, "demo")
-    det = AutoencoderDetector(AutoencoderConfig(image_size=64, base_channels=8, latent_channels=8, epochs=2, batch_size=8))
+    det = AutoencoderDetector(
+        AutoencoderConfig(image_size=64, base_channels=8, latent_channels=8, epochs=2, batch_size=8)
+    )
     det.fit(load_images(ds.train, 64), progress=None)
     det.threshold, det.pixel_threshold = 0.0, 0.05  # threshold 0: everything is a DEFECT (exercises figures)
     return det
@@ -33,8 +36,16 @@ def inbox(demo_root, tmp_path):
 def run(det, inbox, out, threshold=None, batch_size=4):
     files = inspection.list_inbox(inbox)
     with inspection.Ledger(out) as ledger:
-        return inspection.inspect_files(det, files, inbox, ledger, model_name="m", model_version="1",
-                                        threshold=det.threshold if threshold is None else threshold, batch_size=batch_size)
+        return inspection.inspect_files(
+            det,
+            files,
+            inbox,
+            ledger,
+            model_name="m",
+            model_version="1",
+            threshold=det.threshold if threshold is None else threshold,
+            batch_size=batch_size,
+        )
 
 
 def test_one_row_per_image_and_rerun_skips(detector, inbox, tmp_path):
@@ -51,7 +62,9 @@ def test_one_row_per_image_and_rerun_skips(detector, inbox, tmp_path):
     assert len(inspection.read_results(out / "results.csv")) == 6
     # A new model version inspects everything again, in the same ledger.
     with inspection.Ledger(out) as ledger:
-        s3 = inspection.inspect_files(detector, inspection.list_inbox(inbox), inbox, ledger, model_name="m", model_version="2", threshold=1e9)
+        s3 = inspection.inspect_files(
+            detector, inspection.list_inbox(inbox), inbox, ledger, model_name="m", model_version="2", threshold=1e9
+        )
     assert s3.normal == 6 and len(inspection.read_results(out / "results.csv")) == 12
 
 
@@ -59,7 +72,7 @@ def test_scores_match_direct_detector_call(detector, inbox, tmp_path):
     run(detector, inbox, tmp_path / "out", threshold=0.5)
     rows = inspection.read_results(tmp_path / "out" / "results.csv")
     files = [inbox / r["path"] for r in rows]
-    from model.data import load_image
+    from anomaflow.model.data.datasets import load_image
 
     direct = detector.score(np.stack([load_image(f, 64) for f in files])).scores[detector.score_method]
     np.testing.assert_allclose([float(r["score"]) for r in rows], direct, rtol=1e-6)
@@ -77,8 +90,12 @@ def test_bad_files_get_error_rows_and_batch_continues(detector, inbox, tmp_path)
     s = run(detector, inbox, out, batch_size=3)
     rows = {r["path"]: r for r in inspection.read_results(out / "results.csv")}
     assert len(rows) == 10 and s.error == 4
-    for name, reason in [("zero.png", "empty file"), ("noise.jpg", "not a readable image"),
-                         ("truncated.png", "truncated"), ("float.tif", "unsupported image mode")]:
+    for name, reason in [
+        ("zero.png", "empty file"),
+        ("noise.jpg", "not a readable image"),
+        ("truncated.png", "truncated"),
+        ("float.tif", "unsupported image mode"),
+    ]:
         assert rows[name]["decision"] == "ERROR" and reason in rows[name]["error"], (name, rows[name]["error"])
         assert rows[name]["score"] == ""
     assert sum(r["decision"] == "DEFECT" for r in rows.values()) == 6
@@ -121,7 +138,9 @@ def test_identical_files_under_two_names_each_get_a_row_scored_once(detector, in
     shutil.copy(inbox / "img 5.png", inbox / "z late copy.png")  # its original is in an earlier batch
     scored: list[int] = []
     real_score = detector.score
-    monkeypatch.setattr(detector, "score", lambda images, valid=None: scored.append(len(images)) or real_score(images, valid))
+    monkeypatch.setattr(
+        detector, "score", lambda images, valid=None: scored.append(len(images)) or real_score(images, valid)
+    )
     out = tmp_path / "out"
     s = run(detector, inbox, out, batch_size=3)
     rows = {r["path"]: r for r in inspection.read_results(out / "results.csv")}
@@ -131,11 +150,16 @@ def test_identical_files_under_two_names_each_get_a_row_scored_once(detector, in
     for copy, original in (("x copy.png", "img 0.png"), ("z late copy.png", "img 5.png")):
         assert rows[copy]["duplicate_of"] == original
         assert (rows[copy]["score"], rows[copy]["decision"], rows[copy]["sha256"]) == (
-            rows[original]["score"], rows[original]["decision"], rows[original]["sha256"])
+            rows[original]["score"],
+            rows[original]["decision"],
+            rows[original]["sha256"],
+        )
     assert all(rows[n]["duplicate_of"] == "" for n in rows if n not in ("x copy.png", "z late copy.png"))
 
     again = run(detector, inbox, out)  # resuming is idempotent
-    assert (again.inspected, again.duplicates, again.skipped) == (0, 0, 8) and len(inspection.read_results(out / "results.csv")) == 8
+    assert (again.inspected, again.duplicates, again.skipped) == (0, 0, 8) and len(
+        inspection.read_results(out / "results.csv")
+    ) == 8
     shutil.copy(inbox / "img 1.png", inbox / "renamed later.png")  # content scored by an earlier run
     later = run(detector, inbox, out)
     assert (later.inspected, later.duplicates, later.skipped) == (0, 1, 8) and sum(scored) == 6
@@ -149,13 +173,16 @@ def test_a_results_file_from_before_duplicate_of_is_upgraded_without_loss(detect
     csv_path = out / "results.csv"
     before = inspection.read_results(csv_path)
     legacy = [",".join(inspection.FIELDS[:-1])] + [
-        ",".join(f'"{r[k]}"' for k in inspection.FIELDS[:-1]) for r in before]
+        ",".join(f'"{r[k]}"' for k in inspection.FIELDS[:-1]) for r in before
+    ]
     csv_path.write_text("\n".join(legacy) + "\n")
     shutil.copy(inbox / "img 2.png", inbox / "copy.png")
     s = run(detector, inbox, out)
     after = inspection.read_results(csv_path)
     assert list(after[0]) == list(inspection.FIELDS) and (s.skipped, s.duplicates) == (6, 1)
-    assert [{k: r[k] for k in inspection.FIELDS[:-1]} for r in after[:6]] == [{k: r[k] for k in inspection.FIELDS[:-1]} for r in before]
+    assert [{k: r[k] for k in inspection.FIELDS[:-1]} for r in after[:6]] == [
+        {k: r[k] for k in inspection.FIELDS[:-1]} for r in before
+    ]
     assert after[6]["path"] == "copy.png" and after[6]["duplicate_of"] == "img 2.png"
     csv_path.write_text("name,verdict\na.png,ok\n")
     with pytest.raises(ValueError, match="not an anomaflow results file"):

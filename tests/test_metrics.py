@@ -1,4 +1,4 @@
-"""Tests for model.metrics: sklearn cross-checks, hand-computed cases and a
+"""Tests for anomaflow.model.evaluation.metrics: sklearn cross-checks, hand-computed cases and a
 brute-force PRO reference implementation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from model.metrics import (
+from anomaflow.model.evaluation.metrics import (
     f1_at,
     good_image_false_positive_rate,
     image_auroc,
@@ -337,7 +337,7 @@ def test_pixel_f1_max_threshold_is_the_f1_maximiser() -> None:
 
 
 def test_pixel_iou_oracle_is_an_upper_bound_of_calibrated_iou():
-    from model.metrics import pixel_iou_by_defect, pixel_iou_oracle
+    from anomaflow.model.evaluation.metrics import pixel_iou_by_defect, pixel_iou_oracle
 
     rng = np.random.default_rng(7)
     masks = np.zeros((4, 16, 16), bool)
@@ -356,7 +356,7 @@ def test_pixel_iou_oracle_is_an_upper_bound_of_calibrated_iou():
 
 
 def test_recall_at_fpr_reads_the_roc_curve():
-    from model.metrics import recall_at_fpr
+    from anomaflow.model.evaluation.metrics import recall_at_fpr
 
     labels = np.array([0] * 20 + [1] * 10)
     scores = np.r_[np.arange(20) / 20, [0.97, 0.96, 0.5, 0.4, 0.3, 0.99, 0.98, 0.2, 0.1, 0.0]]

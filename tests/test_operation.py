@@ -1,5 +1,6 @@
 """Operation end to end: batch inspection against a model registered in a real MLflow server,
 kill -9 and rerun, two concurrent runs, the CLI, and the retraining promotion gate."""
+
 import os
 import signal
 import subprocess
@@ -11,11 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from flows.inspection import batch_inspection
-from flows.retraining import scheduled_retraining
-from flows.training import train_pipeline
-from model import inspection
-from model.config import AutoencoderConfig, TrainConfig
+from anomaflow.flows.inspection import batch_inspection
+from anomaflow.flows.retraining import scheduled_retraining
+from anomaflow.flows.training import train_pipeline
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.operations import inspection
+from tests.helpers import inspect_args, tiny_config
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 NAME = "anomaflow-ops"
@@ -23,8 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ops_config(root, **kw) -> TrainConfig:
-    ae = AutoencoderConfig(image_size=128, base_channels=8, latent_channels=8, epochs=2, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, registered_model_name=NAME, **kw)
+    return tiny_config(root, image_size=128, registered_model_name=NAME, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,9 @@ def test_batch_inspection_end_to_end(registered, demo_root, tmp_path):
     # A threshold override is applied and recorded (a fresh output folder).
     over = batch_inspection(input_dir=str(inbox), output_dir=str(tmp_path / "out2"), model_name=NAME, threshold=1e9)
     assert over["DEFECT"] == 0
-    assert {r["threshold"] for r in inspection.read_results(tmp_path / "out2" / "results.csv") if r["decision"] != "ERROR"} == {"1e+09"}
+    assert {
+        r["threshold"] for r in inspection.read_results(tmp_path / "out2" / "results.csv") if r["decision"] != "ERROR"
+    } == {"1e+09"}
 
 
 def test_unknown_alias_fails_clearly_and_writes_nothing(registered, tmp_path):
@@ -80,9 +83,19 @@ def _cli(inbox, out, extra_env=None):
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "inspect", "--input", str(inbox), "--output", str(out),
-                             "--model", NAME, "--batch-size", "2"], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "anomaflow.flows.cli",
+            *inspect_args(inbox, out, NAME, "--batch-size", "2"),
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_kill_9_mid_run_then_rerun_gives_one_row_per_image(registered, demo_root, tmp_path):
@@ -130,7 +143,9 @@ def test_promotion_gate_both_ways(registered, demo_root, mlflow_server):
     assert client.get_model_version_by_alias(NAME, "champion").version == champion
     assert client.get_model_version_by_alias(NAME, "challenger").version == worse["challenger_version"]
     tags = client.get_model_version(NAME, worse["challenger_version"]).tags
-    assert tags["anomaflow.promotion.decision"] == "rejected" and tags["anomaflow.promotion.champion_version"] == champion
+    assert (
+        tags["anomaflow.promotion.decision"] == "rejected" and tags["anomaflow.promotion.champion_version"] == champion
+    )
     # One that passes (tolerance +1 accepts any score): promoted, scores recorded on its run.
     better = scheduled_retraining(ops_config(demo_root, seed=4), tolerance=1.0, min_bars={"image_auroc": 0.0})
     assert better["promoted"]
@@ -138,12 +153,18 @@ def test_promotion_gate_both_ways(registered, demo_root, mlflow_server):
     run_id = client.get_model_version(NAME, better["challenger_version"]).run_id
     run_tags = client.get_run(run_id).data.tags
     assert run_tags["anomaflow.promotion.decision"] == "promoted"
-    assert float(run_tags["anomaflow.promotion.champion_score"]) >= 0.0 and float(run_tags["anomaflow.promotion.challenger_score"]) >= 0.0
+    assert (
+        float(run_tags["anomaflow.promotion.champion_score"]) >= 0.0
+        and float(run_tags["anomaflow.promotion.challenger_score"]) >= 0.0
+    )
     # Judged on the decision score, on the gate part of the test split, not on the reported numbers.
     run_metrics = client.get_run(run_id).data.metrics
     assert run_tags["anomaflow.promotion.primary_metric"] == "image_auroc" == better["decision"]["primary_metric"]
     assert float(run_tags["anomaflow.promotion.challenger_score"]) == pytest.approx(run_metrics["gate_image_auroc"])
-    assert "gate part" in run_tags["anomaflow.promotion.evaluation_split"] and "promotion gate on" in run_tags["anomaflow.evaluation_split"]
+    assert (
+        "gate part" in run_tags["anomaflow.promotion.evaluation_split"]
+        and "promotion gate on" in run_tags["anomaflow.evaluation_split"]
+    )
     # A bar the challenger cannot meet: rejected even though it is "better".
     barred = scheduled_retraining(ops_config(demo_root, seed=5), tolerance=1.0, min_bars={"pixel_auroc": 1.01})
     assert not barred["promoted"] and "minimum bars" in barred["decision"]["reason"]
@@ -182,8 +203,8 @@ def test_reviewed_labels_recalibrate_the_threshold_through_the_gate(registered, 
     part, as in the browser), then recalibrate for recall 1.0: field metrics go to MLflow, and the
     proposal is registered as a new version with the same weights, a new threshold and lineage
     tags; champion moves only if the gate passes."""
-    from flows.recalibration import recalibrate
-    from review.store import LabelStore
+    from anomaflow.flows.recalibration import recalibrate
+    from anomaflow.tasks.labels import LabelStore
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -203,14 +224,21 @@ def test_reviewed_labels_recalibrate_the_threshold_through_the_gate(registered, 
     champion_before = client.get_model_version_by_alias(NAME, "champion").version
     result = recalibrate(results_dirs=[str(out)], model_name=NAME, target_recall=1.0, apply=True, min_reviewed=3)
     field, proposal = result["field"], result["proposal"]
-    assert result["reviewed_defects"] == sum(truth.values()) and result["reviewed_good"] == len(truth) - sum(truth.values())
+    assert result["reviewed_defects"] == sum(truth.values()) and result["reviewed_good"] == len(truth) - sum(
+        truth.values()
+    )
     assert proposal["recall"] == 1.0 and proposal["threshold"] <= field["threshold"]
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.metrics["field_recall"] == pytest.approx(field["recall"])
-    assert ("field_precision" in run.data.metrics) == (field["tp"] + field["fp"] > 0)  # NaN (nothing flagged) is not logged
+    assert ("field_precision" in run.data.metrics) == (
+        field["tp"] + field["fp"] > 0
+    )  # NaN (nothing flagged) is not logged
     new = client.get_model_version(NAME, result["new_version"])
-    assert new.tags["anomaflow.recalibrated_from"] == result["model_version"] and "target recall 1.0" in new.tags["anomaflow.threshold_source"]
-    from tasks.tracking import load_registered_detector
+    assert (
+        new.tags["anomaflow.recalibrated_from"] == result["model_version"]
+        and "target recall 1.0" in new.tags["anomaflow.threshold_source"]
+    )
+    from anomaflow.tasks.tracking import load_registered_detector
 
     assert load_registered_detector(NAME, result["new_version"]).threshold == pytest.approx(proposal["threshold"])
     champion_after = client.get_model_version_by_alias(NAME, "champion").version
@@ -224,7 +252,7 @@ def test_retraining_adds_reviewed_false_alarms_to_a_curated_copy(registered, dem
     user's dataset is not touched."""
     import json
 
-    from review.store import LabelStore
+    from anomaflow.tasks.labels import LabelStore
 
     data_root = tmp_path / "data"
     import shutil
@@ -245,7 +273,12 @@ def test_retraining_adds_reviewed_false_alarms_to_a_curated_copy(registered, dem
     assert sorted(a["sha256"] for a in info["added"]) == sorted(r["sha256"] for r in rows[:3])
     assert all(a["reviewer"] == "qa" and a["note"] == "false alarm" for a in info["added"])
     assert len(list((curated / "train" / "good").iterdir())) == len(before) + 3
-    assert sorted(p.name for p in (data_root / "demo" / "train" / "good").iterdir()) == before  # the original is untouched
+    assert (
+        sorted(p.name for p in (data_root / "demo" / "train" / "good").iterdir()) == before
+    )  # the original is untouched
     run = MlflowClient().get_run(MlflowClient().get_model_version(NAME, result["challenger_version"]).run_id)
     assert run.data.tags["anomaflow.curation"].startswith("3 part(s) reviewed as good")
-    assert run.data.tags["anomaflow.data_fingerprint"] != MlflowClient().get_run(registered["mlflow_run_id"]).data.tags["anomaflow.data_fingerprint"]
+    assert (
+        run.data.tags["anomaflow.data_fingerprint"]
+        != MlflowClient().get_run(registered["mlflow_run_id"]).data.tags["anomaflow.data_fingerprint"]
+    )

@@ -1,13 +1,15 @@
 """PaDiM family: Ledoit-Wolf covariances, the positional prior, small training sets, persistence."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from model.config import PadimConfig, TrainConfig
-from model.padim import PadimDetector, ledoit_wolf
-from model.registry import load_detector
+from anomaflow.model.config import PadimConfig, TrainConfig
+from anomaflow.model.detectors.padim import PadimDetector, ledoit_wolf
+from anomaflow.model.detectors.registry import load_detector
+from tests.helpers import spy_torch_load
 
 SIZE = 64
 
@@ -95,9 +97,7 @@ def test_save_load_gives_the_same_maps_and_loads_weights_only(fitted, tmp_path, 
     det.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "detector.json").read_text())
     assert meta["family"] == "padim" and meta["config"]["padim"]["layers"] == ["stage2", "stage3"]
-    calls = []
-    real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("weights_only")) or real_load(*a, **kw))
+    calls = spy_torch_load(monkeypatch)
     loaded = load_detector(tmp_path / "m")
     assert isinstance(loaded, PadimDetector) and calls and all(c is True for c in calls)
     assert (loaded.threshold, loaded.pixel_threshold) == (3.0, 2.0)

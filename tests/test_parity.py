@@ -9,6 +9,7 @@ path that letterboxes where the model squashes (or the reverse) fails here.
 
 A new option that changes preprocessing or scoring gets a row in CASES.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from model import pipeline
-from model.config import AutoencoderConfig, PadimConfig, PatchCoreConfig, TrainConfig
-from model.inspection import RowBuffer, inspect_files
-from model.registry import load_detector
+from anomaflow.model import pipeline
+from anomaflow.model.config import AutoencoderConfig, PadimConfig, PatchCoreConfig, TrainConfig
+from anomaflow.model.detectors.registry import load_detector
+from anomaflow.model.operations.inspection import RowBuffer, inspect_files
+from tests.helpers import inspect_args, train_args
 
 SIZES = [(96, 160), (128, 128), (160, 96), (200, 80)]  # (width, height): tall, square, wide, 2.5:1
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -63,16 +65,32 @@ def make_mixed_dataset(root: Path, rgb: bool, n_train: int = 12) -> Path:
 
 @pytest.fixture(scope="module")
 def mixed_roots(tmp_path_factory) -> dict[str, Path]:
-    return {mode: make_mixed_dataset(tmp_path_factory.mktemp(f"mixed-{mode}"), rgb=mode == "rgb") for mode in ("gray", "rgb")}
+    return {
+        mode: make_mixed_dataset(tmp_path_factory.mktemp(f"mixed-{mode}"), rgb=mode == "rgb")
+        for mode in ("gray", "rgb")
+    }
 
 
 def _config(root: Path, family: str, keep_aspect: bool, size: int) -> TrainConfig:
-    family_cfg = {"autoencoder": {"autoencoder": AutoencoderConfig(image_size=size, base_channels=8, latent_channels=8, epochs=1, batch_size=8)},
-                  "padim": {"padim": PadimConfig(image_size=size)},
-                  "fusion": {"padim": PadimConfig(image_size=size), "patchcore": PatchCoreConfig(image_size=size)},
-                  }.get(family, {"patchcore": PatchCoreConfig(image_size=size)})
-    return TrainConfig(data_root=str(root), category="tiles", detector=family, keep_aspect=keep_aspect, num_threads=2,
-                       seed=0, auto_budget_seconds=600, **family_cfg)
+    family_cfg = {
+        "autoencoder": {
+            "autoencoder": AutoencoderConfig(
+                image_size=size, base_channels=8, latent_channels=8, epochs=1, batch_size=8
+            )
+        },
+        "padim": {"padim": PadimConfig(image_size=size)},
+        "fusion": {"padim": PadimConfig(image_size=size), "patchcore": PatchCoreConfig(image_size=size)},
+    }.get(family, {"patchcore": PatchCoreConfig(image_size=size)})
+    return TrainConfig(
+        data_root=str(root),
+        category="tiles",
+        detector=family,
+        keep_aspect=keep_aspect,
+        num_threads=2,
+        seed=0,
+        auto_budget_seconds=600,
+        **family_cfg,
+    )
 
 
 CASES = [  # (family, keep_aspect, colour, image size)
@@ -89,13 +107,10 @@ CASES = [  # (family, keep_aspect, colour, image size)
 
 def _train(cfg: TrainConfig, ds):
     """What train-pipeline does, step by step (its tasks are one call each of these)."""
-    from model.selection import select
-
     arrays = pipeline.load_arrays(ds, cfg, log=lambda m: None)
     if cfg.detector == "auto":
-        choice = select(cfg, arrays.fit, arrays.holdout, arrays.holdout_valid, pipeline.builder(arrays), cfg.auto_budget_seconds, log=lambda m: None)
-        if cfg.keep_aspect:  # mixed shapes: the frame policy tries the chosen candidate squashed too
-            choice, arrays = pipeline.choose_frame(cfg, ds, arrays, choice, None, log=lambda m: None)
+        choice, arrays = pipeline.choose_detector(cfg, ds, arrays, log=lambda m: None)
+        if cfg.keep_aspect:  # mixed shapes: the frame policy tried the chosen candidate squashed too
             assert any(r["name"].endswith("_square") and r["status"] == "scored" for r in choice.rows)
         det, cfg = choice.detector, choice.config
     else:
@@ -105,11 +120,13 @@ def _train(cfg: TrainConfig, ds):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,keep_aspect,colour,size", CASES, ids=[f"{f}-{'keep' if k else 'squash'}-{c}-{s}" for f, k, c, s in CASES])
+@pytest.mark.parametrize(
+    "family,keep_aspect,colour,size", CASES, ids=[f"{f}-{'keep' if k else 'squash'}-{c}-{s}" for f, k, c, s in CASES]
+)
 def test_training_scores_equal_inspection_and_served_model(mixed_roots, tmp_path, family, keep_aspect, colour, size):
     import mlflow
 
-    from tasks.tracking import save_served_model
+    from anomaflow.tasks.tracking import save_served_model
 
     cfg = _config(mixed_roots[colour], family, keep_aspect, size)
     ds = pipeline.load_dataset(mixed_roots[colour], "tiles")
@@ -130,7 +147,16 @@ def test_training_scores_equal_inspection_and_served_model(mixed_roots, tmp_path
 
     # the inspection path: the ledger rows of `anomaflow inspect`
     buf = RowBuffer(tmp_path / "inspected")
-    inspect_files(loaded, files, files[0].parents[1], buf, model_name="m", model_version="1", threshold=loaded.threshold, write_figures=False)
+    inspect_files(
+        loaded,
+        files,
+        files[0].parents[1],
+        buf,
+        model_name="m",
+        model_version="1",
+        threshold=loaded.threshold,
+        write_figures=False,
+    )
     by_path = {r.path: r for r in buf.rows}
     inspected = np.array([by_path[f"{f.parent.name}/{f.name}"].score for f in files])
     np.testing.assert_allclose(inspected, trained.scores[method], **TOL)
@@ -153,10 +179,14 @@ def test_the_preprocessing_a_model_saves_is_the_one_its_training_images_had(mixe
     keep = pipeline.load_arrays(ds, _config(root, "autoencoder", True, 64), log=lambda m: None)
     assert squash.preprocessing.keep_aspect is False and keep.preprocessing.keep_aspect is True
     wide = next(i for i, s in enumerate(squash.test_samples) if s.label == 1 and Image.open(s.path).size == (200, 80))
-    squashed_by_hand = np.asarray(Image.open(squash.test_samples[wide].path).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
+    squashed_by_hand = np.asarray(
+        Image.open(squash.test_samples[wide].path).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    )
     assert np.abs(squash.test[wide].astype(int) - squashed_by_hand.astype(int)).max() <= 2  # squashed, not letterboxed
     assert squash.test_masks[wide].any()  # the mask is squashed with its image
-    det = pipeline.builder(squash)(_config(root, "autoencoder", True, 64))  # a config that disagrees loses to the arrays
+    det = pipeline.builder(squash)(
+        _config(root, "autoencoder", True, 64)
+    )  # a config that disagrees loses to the arrays
     assert det.preprocessing == squash.preprocessing
 
 
@@ -170,12 +200,11 @@ def test_no_keep_aspect_run_equals_anomaflow_inspect_and_the_registered_model(mi
 
     import mlflow
 
-    from flows.cli import main
+    from anomaflow.flows.cli import main
 
     root = mixed_roots["gray"]
     out = tmp_path / "train"
-    assert main(["train", "--data", str(root), "--category", "tiles", "--output", str(out), "--detector", "patchcore",
-                 "--image-size", "64", "--no-keep-aspect", "--threads", "2", "--seed", "0"]) == 0
+    assert main(train_args(root, out, "--no-keep-aspect", "--seed", "0", category="tiles")) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert json.loads((out / "model" / "detector.json").read_text())["keep_aspect"] is False
     local = mlflow.artifacts.download_artifacts(run_id=m["mlflow_run_id"], artifact_path="tables/per_image_scores.json")
@@ -185,13 +214,14 @@ def test_no_keep_aspect_run_equals_anomaflow_inspect_and_the_registered_model(mi
 
     inbox = root / "tiles" / "test"
     # the torch path to 1e-5 here; the exported runtimes (the default where installed) in tests/test_export.py
-    assert main(["inspect", "--input", str(inbox), "--output", str(tmp_path / "inspect"), "--model", "anomaflow-tiles",
-                 "--runtime", "torch"]) == 0
+    assert main(inspect_args(inbox, tmp_path / "inspect", "anomaflow-tiles", "--runtime", "torch")) == 0
     with open(tmp_path / "inspect" / "results.csv", newline="") as fh:
         inspected = {str(inbox / r["path"]): r for r in csv.DictReader(fh)}
     assert set(logged.index) <= set(inspected) and len(logged) >= 4  # the run logs the reported part of the test split
     paths = sorted(logged.index)
-    np.testing.assert_allclose([float(inspected[p]["score"]) for p in paths], logged.loc[paths, score_col].to_numpy(), **TOL)
+    np.testing.assert_allclose(
+        [float(inspected[p]["score"]) for p in paths], logged.loc[paths, score_col].to_numpy(), **TOL
+    )
     assert [inspected[p]["decision"] for p in paths] == list(logged.loc[paths, "decision"])
 
     served = mlflow.pyfunc.load_model("models:/anomaflow-tiles@champion").predict(pd.DataFrame({"path": paths}))

@@ -1,13 +1,13 @@
 """PatchCore detector: coreset, nearest-neighbour search, maps on demo data, persistence, pipeline."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from model.config import PatchCoreConfig, TrainConfig
-from model.registry import load_detector
-from model.patchcore import (
+from anomaflow.model.config import PatchCoreConfig, TrainConfig
+from anomaflow.model.detectors.patchcore import (
     PatchCoreDetector,
     aggregate,
     coverage_radius,
@@ -15,6 +15,8 @@ from model.patchcore import (
     nearest_distances,
     random_projection,
 )
+from anomaflow.model.detectors.registry import load_detector
+from tests.helpers import spy_torch_load
 
 
 def _clustered(n_clusters=12, per=150, dim=16, seed=0):
@@ -90,7 +92,9 @@ def test_chunked_nearest_distances_equal_brute_force(k):
     got = nearest_distances(q, bank, k, query_chunk=64, bank_chunk=100)
     ref = torch.cdist(q.double(), bank.double()).topk(k, dim=1, largest=False).values.mean(1)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
-    assert torch.allclose(nearest_distances(bank[:7], bank, 1), torch.zeros(7), atol=2e-3)  # a bank point is its own neighbour
+    assert torch.allclose(
+        nearest_distances(bank[:7], bank, 1), torch.zeros(7), atol=2e-3
+    )  # a bank point is its own neighbour
 
 
 def test_aggregate_puts_stages_on_one_grid():
@@ -107,7 +111,7 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def demo_images():
-    from model.demo import render_part
+    from anomaflow.model.data.demo import render_part
 
     rng = np.random.default_rng(0)
     train = np.stack([render_part(rng, SIZE) for _ in range(12)])
@@ -183,14 +187,7 @@ def test_save_load_roundtrip_weights_only(fitted, demo_images, tmp_path, monkeyp
     assert meta["family"] == "patchcore" and meta["image_size"] == SIZE and meta["threshold"] == 1.5
     assert meta["config"]["backbone_weights"]["sha256"] == det.backbone.weights_sha256
 
-    calls = []
-    real_load = torch.load
-
-    def spy(*a, **kw):
-        calls.append(kw.get("weights_only"))
-        return real_load(*a, **kw)
-
-    monkeypatch.setattr(torch, "load", spy)
+    calls = spy_torch_load(monkeypatch)
     loaded = load_detector(tmp_path / "m")
     assert isinstance(loaded, PatchCoreDetector)
     assert calls and all(c is True for c in calls)  # backbone weights and memory bank alike
@@ -235,11 +232,15 @@ def test_family_decision_defaults_apply_without_the_cli():
 
 
 def test_pipeline_steps_end_to_end_on_demo_data(demo_root, tmp_path):
-    from model import pipeline
+    from anomaflow.model import pipeline
 
     cfg = TrainConfig(
-        data_root=str(demo_root), category="demo", detector="patchcore", score_method="max",
-        patchcore=PatchCoreConfig(image_size=64, coreset_ratio=0.1), num_threads=2,
+        data_root=str(demo_root),
+        category="demo",
+        detector="patchcore",
+        score_method="max",
+        patchcore=PatchCoreConfig(image_size=64, coreset_ratio=0.1),
+        num_threads=2,
     )
     ds = pipeline.load_dataset(*pipeline.resolve_data_root(cfg))
     arrays = pipeline.load_arrays(ds, cfg, log=lambda _: None)
@@ -248,7 +249,15 @@ def test_pipeline_steps_end_to_end_on_demo_data(demo_root, tmp_path):
     assert isinstance(det, PatchCoreDetector) and history[0]["bank_size"] > 0 and seconds > 0
     pipeline.calibrate_detector(det, cfg, det.score(arrays.holdout))
     m = pipeline.evaluate_split(det, arrays, det.score(arrays.test), cfg.score_method).metrics
-    for key in ("image_auroc", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou", "threshold", "pixel_threshold"):
+    for key in (
+        "image_auroc",
+        "image_auroc_max",
+        "pixel_auroc",
+        "pixel_aupro",
+        "pixel_iou",
+        "threshold",
+        "pixel_threshold",
+    ):
         assert key in m, key
     assert m["image_auroc_max"] >= 0.9 and m["pixel_auroc"] >= 0.9
     det.save(tmp_path / "model")
@@ -256,9 +265,14 @@ def test_pipeline_steps_end_to_end_on_demo_data(demo_root, tmp_path):
 
 
 def test_faiss_search_gives_the_distances_of_our_exact_search():
-    from model.patchcore import FaissBank, nearest_distances
+    from anomaflow.model.detectors.patchcore import FaissBank, nearest_distances
 
     g = torch.Generator().manual_seed(0)
     bank, queries = torch.randn(500, 48, generator=g), torch.randn(300, 48, generator=g)
     for k in (1, 3):
-        np.testing.assert_allclose(FaissBank(bank).distances(queries, k).numpy(), nearest_distances(queries, bank, k).numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            FaissBank(bank).distances(queries, k).numpy(),
+            nearest_distances(queries, bank, k).numpy(),
+            rtol=1e-4,
+            atol=1e-4,
+        )

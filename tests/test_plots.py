@@ -1,4 +1,4 @@
-"""Tests for the report figures (model/plots.py)."""
+"""Tests for the report figures (model/evaluation/plots.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from model import plots
+from anomaflow.model.evaluation import plots
 
 plt = pytest.importorskip("matplotlib.pyplot")
 
@@ -85,8 +85,9 @@ def test_plot_heatmap_grid(tmp_path: Path, with_masks: bool) -> None:
     masks = np.zeros((n, h, w), dtype=bool)
     masks[:, 8:14, 8:14] = True
     masks[1] = False  # a good image: no contour, no error
-    fig = plots.plot_heatmap_grid(images, maps, masks if with_masks else None,
-                                  titles=[f"img {i}" for i in range(n)], ncols=3)
+    fig = plots.plot_heatmap_grid(
+        images, maps, masks if with_masks else None, titles=[f"img {i}" for i in range(n)], ncols=3
+    )
     # 2 rows x 3 cols of panels (last one hidden) + 1 colour bar.
     assert len(fig.axes) == 2 * 3 + 1
     assert _visible(fig) == n + 1
@@ -133,9 +134,7 @@ def test_save_figure_creates_parents_and_leaves_no_temp(tmp_path: Path) -> None:
     _check_png(fig, path)  # overwriting an existing file works too
 
 
-def test_save_figure_failure_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_save_figure_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fig = plots.plot_roc({})
     path = tmp_path / "fig.png"
     path.write_bytes(b"old")

@@ -2,6 +2,7 @@
 `mlflow server` on it, the training pipeline registering a model there, and batch inspection
 loading that model by alias. Skips where PostgreSQL's server binaries are not installed
 (`.ci/run` installs Debian's `postgresql`)."""
+
 from __future__ import annotations
 
 import glob
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, mlflow_server_cmd, served
+from tests.helpers import tiny_config
 from tests.test_operation import make_inbox
-from tests.test_training_flow import tiny_config
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 NAME = "anomaflow-pg"
@@ -49,7 +50,13 @@ def postgres():
     bindir = postgres_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (pg_ctl, initdb) not found: apt-get install postgresql")
-    pytest.importorskip("psycopg", reason="MLflow's Postgres store needs psycopg (SQLAlchemy's default postgresql driver): pip install 'psycopg[binary]'")
+    pytest.importorskip(
+        "psycopg",
+        reason=(
+            "MLflow's Postgres store needs psycopg (SQLAlchemy's default postgresql driver): "
+            "pip install 'psycopg[binary]'"
+        ),
+    )
     runas = as_server_user()
     home = Path(tempfile.mkdtemp(prefix="anomaflow-pg-"))  # not under pytest's 0700 tmp: postgres must reach it
     data = home / "data"
@@ -63,8 +70,19 @@ def postgres():
         assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
 
     pg(str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
-    pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "server.log"), "-w", "-t", "60",
-       "-o", f"-h 127.0.0.1 -p {port} -k {home} -c fsync=off", "start")
+    pg(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(home / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-h 127.0.0.1 -p {port} -k {home} -c fsync=off",
+        "start",
+    )
     try:
         import psycopg
 
@@ -72,7 +90,11 @@ def postgres():
             conn.execute("CREATE DATABASE mlflow")
         yield f"postgresql://{PG_USER}@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run([*runas, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*runas, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -96,9 +118,9 @@ def query(dsn: str, sql: str, *params) -> list[tuple]:
 
 
 def test_train_register_and_inspect_through_mlflow_on_postgres(postgres, mlflow_on_postgres, demo_root, tmp_path):
-    from flows.inspection import batch_inspection
-    from flows.training import train_pipeline
-    from model import inspection
+    from anomaflow.flows.inspection import batch_inspection
+    from anomaflow.flows.training import train_pipeline
+    from anomaflow.model.operations import inspection
 
     metrics = train_pipeline(tiny_config(demo_root, experiment_name="pg-test", registered_model_name=NAME))
     version = metrics["model_version"]
@@ -107,7 +129,9 @@ def test_train_register_and_inspect_through_mlflow_on_postgres(postgres, mlflow_
     assert query(postgres, "SELECT status FROM runs WHERE run_uuid = %s", metrics["mlflow_run_id"]) == [("FINISHED",)]
     aliases = dict(query(postgres, "SELECT alias, version FROM registered_model_aliases WHERE name = %s", NAME))
     assert aliases == {"champion": int(version), "challenger": int(version)}
-    assert query(postgres, "SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'train_loss'", metrics["mlflow_run_id"]) == [(2,)]
+    assert query(
+        postgres, "SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'train_loss'", metrics["mlflow_run_id"]
+    ) == [(2,)]
 
     inbox = make_inbox(demo_root, tmp_path / "inbox", 6)
     result = batch_inspection(input_dir=str(inbox), output_dir=str(tmp_path / "out"), model_name=NAME, alias="champion")
@@ -123,7 +147,7 @@ def test_review_labels_on_postgres_two_reviewers_at_once(postgres):
     naming it; the history survives a new store (a restarted server)."""
     import psycopg
 
-    from review.store import LabelStore
+    from anomaflow.tasks.labels import LabelStore
     from tests.test_review import race
 
     with psycopg.connect(postgres, autocommit=True) as conn:

@@ -1,4 +1,4 @@
-from model.promotion import decide_promotion
+from anomaflow.model.evaluation.promotion import decide_promotion
 
 
 def test_better_or_equal_challenger_is_promoted():
@@ -16,7 +16,9 @@ def test_worse_challenger_is_rejected():
 def test_minimum_bars_and_fail_closed():
     d = decide_promotion({"image_auroc_max": 0.99, "pixel_auroc": 0.5}, None, min_bars={"pixel_auroc": 0.8})
     assert not d.promote and d.failed_bars == ["pixel_auroc=0.5 < 0.8"]
-    assert not decide_promotion({"image_auroc_max": 0.99}, None, min_bars={"pixel_aupro": 0.1}).promote  # missing metric
+    assert not decide_promotion(
+        {"image_auroc_max": 0.99}, None, min_bars={"pixel_aupro": 0.1}
+    ).promote  # missing metric
     assert not decide_promotion({}, {"image_auroc_max": 0.5}).promote
     assert not decide_promotion({"image_auroc_max": float("nan")}, None).promote
     assert not decide_promotion({"image_auroc_max": 0.9}, {"other": 1.0}).promote  # champion not comparable

@@ -1,6 +1,7 @@
 """A seeded run repeats bit for bit from its logged params: same config, same thread count,
 separate processes (as a rerun would be). Another thread count is allowed to differ slightly
 (float summation order), and the README says by how much."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 SCORE = r"""
 import json, pathlib, sys
-from model import pipeline
-from model.config import AutoencoderConfig, PatchCoreConfig, TrainConfig
+from anomaflow.model import pipeline
+from anomaflow.model.config import AutoencoderConfig, PatchCoreConfig, TrainConfig
 root, family, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 pipeline.configure_threads(threads)
 cfg = TrainConfig(data_root=root, category="demo", detector=family, seed=3, num_threads=threads,
@@ -27,7 +28,9 @@ print(json.dumps(det.score(arrays.test).scores[cfg.score_method].tolist()))
 
 
 def _scores(root, family: str, threads: int) -> np.ndarray:
-    out = subprocess.run([sys.executable, "-c", SCORE, str(root), family, str(threads)], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SCORE, str(root), family, str(threads)], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return np.array(json.loads(out.stdout.strip().splitlines()[-1]))
 

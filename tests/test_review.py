@@ -1,4 +1,5 @@
 """The review app's label store, pages and safety rules, through FastAPI's TestClient (no browser)."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,9 +7,9 @@ import pytest
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from review.app import create_app  # noqa: E402
-from review.sample import make_inspection_folder  # noqa: E402
-from review.store import Conflict, LabelError, LabelStore  # noqa: E402
+from anomaflow.review.app import create_app  # noqa: E402
+from anomaflow.review.sample import make_inspection_folder  # noqa: E402
+from anomaflow.tasks.labels import Conflict, LabelError, LabelStore  # noqa: E402
 
 
 @pytest.fixture()
@@ -61,7 +62,7 @@ def test_overview_list_and_part_pages_render(folder, tmp_path):
     counts = client.app.state.results.counts()
     assert f'data-decision="DEFECT">{counts["DEFECT"]}<' in home.text
     page = client.get("/parts", params={"decision": "DEFECT", "sort": "score", "order": "desc"})
-    assert page.status_code == 200 and f'{counts["DEFECT"]} parts' in page.text
+    assert page.status_code == 200 and f"{counts['DEFECT']} parts" in page.text
     row = _first(client)
     part = client.get(f"/parts/{row['sha256']}")
     assert part.status_code == 200 and row["path"] in part.text and row["sha256"] in part.text
@@ -73,13 +74,23 @@ def test_label_round_trip_with_conflict_and_a_refused_value(folder, tmp_path):
     client = _client(folder, tmp_path)
     row = _first(client)
     h = {"X-CSRF-Token": _csrf(client)}
-    body = {"sha256": row["sha256"], "model_version": "1", "label": "defect", "reviewer": "ann", "note": "", "seen": None}
+    body = {
+        "sha256": row["sha256"],
+        "model_version": "1",
+        "label": "defect",
+        "reviewer": "ann",
+        "note": "",
+        "seen": None,
+    }
     r = client.post("/api/labels", json=body, headers=h)
     assert r.status_code == 200 and r.json()["label"]["label"] == "defect" and r.json()["next"] != row["sha256"]
     stale = client.post("/api/labels", json={**body, "label": "good", "reviewer": "bob"}, headers=h)
     assert stale.status_code == 409 and "ann labelled this part" in stale.json()["error"]
     bad = client.post("/api/labels", json={**body, "label": "ok", "seen": r.json()["label"]["id"]}, headers=h)
-    assert bad.status_code == 422 and "unknown label 'ok'; expected one of defect, good, missed, unsure" in bad.json()["error"]
+    assert (
+        bad.status_code == 422
+        and "unknown label 'ok'; expected one of defect, good, missed, unsure" in bad.json()["error"]
+    )
     reviewed = client.get("/parts", params={"state": "reviewed"})
     assert "1 parts" in reviewed.text and "defect confirmed" in reviewed.text
 
@@ -90,12 +101,16 @@ def test_posts_need_the_csrf_token_and_a_same_origin(folder, tmp_path):
     body = {"sha256": row["sha256"], "model_version": "1", "label": "defect", "reviewer": "ann"}
     assert client.post("/api/labels", json=body).status_code == 403
     assert client.post("/api/labels", json=body, headers={"X-CSRF-Token": "forged"}).status_code == 403
-    cross = client.post("/api/labels", json=body, headers={"X-CSRF-Token": _csrf(client), "Origin": "http://evil.example"})
+    cross = client.post(
+        "/api/labels", json=body, headers={"X-CSRF-Token": _csrf(client), "Origin": "http://evil.example"}
+    )
     assert cross.status_code == 403 and "cross-origin" in cross.json()["error"]
     assert client.app.state.store.latest() == {}
 
 
-@pytest.mark.parametrize("attempt", ["../results.csv", "..%2F..%2Fetc%2Fpasswd", "%2e%2e/labels.sqlite", "0" * 63 + "/view"])
+@pytest.mark.parametrize(
+    "attempt", ["../results.csv", "..%2F..%2Fetc%2Fpasswd", "%2e%2e/labels.sqlite", "0" * 63 + "/view"]
+)
 def test_images_are_served_by_sha256_only(folder, tmp_path, attempt):
     client = _client(folder, tmp_path)
     assert client.get(f"/image/{attempt}/view").status_code == 404
@@ -111,7 +126,7 @@ def test_a_token_is_required_when_set_and_kept_in_a_cookie(folder, tmp_path):
 
 
 def test_review_refuses_another_address_without_a_token(folder, capsys):
-    from flows.cli import main
+    from anomaflow.flows.cli import main
 
     assert main(["review", "--results", str(folder), "--host", "0.0.0.0"]) == 2
     assert "give --token" in capsys.readouterr().err
@@ -160,10 +175,26 @@ def test_ten_reviewers_at_once_on_sqlite_one_write_lands(tmp_path):
 def test_the_overview_shows_the_latest_drift_report(folder, tmp_path):
     import json
 
-    (folder / "drift.json").write_text(json.dumps([
-        {"at": "2026-11-30T10:00:00", "model_name": "m", "model_version": "1", "flagged": False, "summary": "no drift past the limits (old)"},
-        {"at": "2026-12-01T10:00:00", "model_name": "m", "model_version": "2", "flagged": True, "summary": "DRIFT: brightness moved +3.10"},
-    ]))
+    (folder / "drift.json").write_text(
+        json.dumps(
+            [
+                {
+                    "at": "2026-11-30T10:00:00",
+                    "model_name": "m",
+                    "model_version": "1",
+                    "flagged": False,
+                    "summary": "no drift past the limits (old)",
+                },
+                {
+                    "at": "2026-12-01T10:00:00",
+                    "model_name": "m",
+                    "model_version": "2",
+                    "flagged": True,
+                    "summary": "DRIFT: brightness moved +3.10",
+                },
+            ]
+        )
+    )
     page = _client(folder, tmp_path).get("/").text
     assert "DRIFT: brightness moved +3.10" in page and "(old)" not in page and 'class="warn"' in page
 
@@ -177,39 +208,65 @@ def test_another_host_name_is_refused_so_dns_rebinding_reads_and_writes_nothing(
     evil = "rebind.evil.example:8050"
     page = client.get("/", headers={"Host": evil})
     assert page.status_code == 400 and _csrf(client) not in page.text and "--allowed-host" in page.text
-    post = client.post("/api/labels", json=_label(client, _first(client)),
-                       headers={"Host": evil, "Origin": f"http://{evil}", "X-CSRF-Token": _csrf(client)})
+    post = client.post(
+        "/api/labels",
+        json=_label(client, _first(client)),
+        headers={"Host": evil, "Origin": f"http://{evil}", "X-CSRF-Token": _csrf(client)},
+    )
     assert post.status_code == 400 and client.app.state.store.latest() == {}
     for name in ("localhost:8050", "127.0.0.1:8050", "[::1]:8050", "LOCALHOST"):
         assert client.get("/", headers={"Host": name}).status_code == 200, name
     assert client.get("/", headers={"Host": "127.0.0.1@evil.example"}).status_code == 400
 
 
-@pytest.mark.parametrize("origin", ["https://127.0.0.1:8050", "http://127.0.0.1:9999", "http://rebind.evil.example:8050", "null",
-                                    "http://127.0.0.1:8050@evil.example"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://127.0.0.1:8050",
+        "http://127.0.0.1:9999",
+        "http://rebind.evil.example:8050",
+        "null",
+        "http://127.0.0.1:8050@evil.example",
+    ],
+)
 def test_origin_is_compared_with_scheme_port_and_the_allowed_names(folder, tmp_path, origin):
     client = _client(folder, tmp_path)
-    r = client.post("/api/labels", json=_label(client, _first(client)), headers={"X-CSRF-Token": _csrf(client), "Origin": origin})
+    r = client.post(
+        "/api/labels", json=_label(client, _first(client)), headers={"X-CSRF-Token": _csrf(client), "Origin": origin}
+    )
     assert r.status_code == 403 and "cross-origin" in r.json()["error"] and client.app.state.store.latest() == {}
     # another allowed name of this server on the same scheme and port is this server
-    ok = client.post("/api/labels", json=_label(client, _first(client)), headers={"X-CSRF-Token": _csrf(client), "Origin": "http://localhost:8050"})
+    ok = client.post(
+        "/api/labels",
+        json=_label(client, _first(client)),
+        headers={"X-CSRF-Token": _csrf(client), "Origin": "http://localhost:8050"},
+    )
     assert ok.status_code == 200
 
 
 def test_allowed_host_adds_names_from_the_command_line(folder, monkeypatch):
     import uvicorn
 
-    from flows.cli import main
+    from anomaflow.flows.cli import main
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
-    assert main(["review", "--results", str(folder), "--allowed-host", "review.lan", "--allowed-host", "qa.example"]) == 0
+    assert (
+        main(["review", "--results", str(folder), "--allowed-host", "review.lan", "--allowed-host", "qa.example"]) == 0
+    )
     client = TestClient(served["app"], base_url="http://review.lan:8050")
     assert client.get("/").status_code == 200 and client.get("/", headers={"Host": "qa.example"}).status_code == 200
     assert client.get("/", headers={"Host": "127.0.0.1:8050"}).status_code == 200
     assert client.get("/", headers={"Host": "other.example"}).status_code == 400
     h = {"X-CSRF-Token": served["app"].state.csrf, "Origin": "http://review.lan:8050"}
-    assert client.post("/api/labels", json=_label(client, served["app"].state.results.page({}, decision="DEFECT").rows[0]), headers=h).status_code == 200
+    assert (
+        client.post(
+            "/api/labels",
+            json=_label(client, served["app"].state.results.page({}, decision="DEFECT").rows[0]),
+            headers=h,
+        ).status_code
+        == 200
+    )
 
 
 def test_a_wildcard_bind_answers_any_name_behind_the_token(folder, tmp_path):
@@ -223,7 +280,7 @@ def test_a_wildcard_bind_answers_any_name_behind_the_token(folder, tmp_path):
 
 
 def test_a_token_needs_the_bearer_scheme_and_16_characters(folder, tmp_path, capsys):
-    from flows.cli import main
+    from anomaflow.flows.cli import main
 
     token = "s3cret-token-0123"
     client = _client(folder, tmp_path, token=token)
@@ -237,7 +294,7 @@ def test_a_token_needs_the_bearer_scheme_and_16_characters(folder, tmp_path, cap
 
 
 def test_a_link_planted_in_the_results_folder_is_never_followed(folder, tmp_path, caplog):
-    from model.inspection import FIGURES_DIR, defect_figure_paths, view_paths
+    from anomaflow.model.operations.inspection import FIGURES_DIR, defect_figure_paths, view_paths
 
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
@@ -250,24 +307,36 @@ def test_a_link_planted_in_the_results_folder_is_never_followed(folder, tmp_path
     elsewhere.mkdir()
     (elsewhere / defect_figure_paths(folder, sha)[1].name).write_text("a file outside the results folder")
     (folder / FIGURES_DIR).symlink_to(elsewhere, target_is_directory=True)
-    with caplog.at_level("WARNING", logger="review.results"):
+    with caplog.at_level("WARNING", logger="anomaflow.model.operations.results"):
         r = client.get(f"/image/{sha}/view")
         assert r.status_code == 404 and "root:" not in r.text
         assert client.get(f"/image/{sha}/defect_overlay").status_code == 404
     assert "symbolic link" in caplog.text and str(view) in caplog.text
-    assert client.get(f"/image/{sha}/overlay").status_code == 200 and overlay.is_file()  # the real file next to it is served
+    assert (
+        client.get(f"/image/{sha}/overlay").status_code == 200 and overlay.is_file()
+    )  # the real file next to it is served
 
 
-@pytest.mark.parametrize("body", ['{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "ann", "seen": NaN}',
-                                  '{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "ann", "seen": Infinity}',
-                                  '{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "ann", "seen": -1e999}',
-                                  '{"sha256": NaN, "model_version": "1", "label": "defect", "reviewer": "ann"}',
-                                  '{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "\\ud800"}',
-                                  '{"sha256": "%s", "model_version": 1', '[1, 2]', '"%s"', ""])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "ann", "seen": NaN}',
+        '{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "ann", "seen": Infinity}',
+        '{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "ann", "seen": -1e999}',
+        '{"sha256": NaN, "model_version": "1", "label": "defect", "reviewer": "ann"}',
+        '{"sha256": "%s", "model_version": "1", "label": "defect", "reviewer": "\\ud800"}',
+        '{"sha256": "%s", "model_version": 1',
+        "[1, 2]",
+        '"%s"',
+        "",
+    ],
+)
 def test_nan_infinity_and_malformed_bodies_get_a_json_error(folder, tmp_path, body):
     client = _client(folder, tmp_path)
     content = body.replace("%s", _first(client)["sha256"])
-    r = client.post("/api/labels", content=content, headers={"X-CSRF-Token": _csrf(client), "Content-Type": "application/json"})
+    r = client.post(
+        "/api/labels", content=content, headers={"X-CSRF-Token": _csrf(client), "Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["error"] and client.app.state.store.latest() == {}
 
 
@@ -288,12 +357,21 @@ def test_a_label_needs_a_scored_row_of_that_model_version_and_counts_agree(folde
     assert 'id="total">1 parts' in client.get("/parts", params={"state": "reviewed"}).text
     results = client.app.state.results
     errors = set(results.frame.loc[results.frame["decision"] == "ERROR", "sha256"])
-    assert errors and not {results.neighbours(s, {}) for s in results.frame["sha256"]} & errors  # never sent to an ERROR row
+    assert (
+        errors and not {results.neighbours(s, {}) for s in results.frame["sha256"]} & errors
+    )  # never sent to an ERROR row
 
 
-@pytest.mark.parametrize("query, allowed", [({"sort": "size"}, "score, path, inspected_at, decision"), ({"order": "up"}, "desc, asc"),
-                                            ({"decision": "maybe"}, "NORMAL, DEFECT, ERROR"), ({"state": "done"}, "unreviewed, reviewed"),
-                                            ({"page": "two"}, "valid integer")])
+@pytest.mark.parametrize(
+    "query, allowed",
+    [
+        ({"sort": "size"}, "score, path, inspected_at, decision"),
+        ({"order": "up"}, "desc, asc"),
+        ({"decision": "maybe"}, "NORMAL, DEFECT, ERROR"),
+        ({"state": "done"}, "unreviewed, reviewed"),
+        ({"page": "two"}, "valid integer"),
+    ],
+)
 def test_every_invalid_query_value_is_a_400_naming_the_allowed_values(folder, tmp_path, query, allowed):
     r = _client(folder, tmp_path).get("/parts", params=query)
     assert r.status_code == 400 and allowed in r.text
@@ -308,8 +386,11 @@ def test_the_reviews_export_neutralises_formulas_and_results_csv_stays_exact(fol
     results_csv.write_text(results_csv.read_text().replace(first["path"], "=1+2.png"))
     client = _client(folder, tmp_path)
     row = client.app.state.results.rows_for(first["sha256"]).iloc[-1].to_dict()
-    r = client.post("/api/labels", json=_label(client, row, reviewer="-ann", note="@SUM(A1) cracked"),
-                    headers={"X-CSRF-Token": _csrf(client)})
+    r = client.post(
+        "/api/labels",
+        json=_label(client, row, reviewer="-ann", note="@SUM(A1) cracked"),
+        headers={"X-CSRF-Token": _csrf(client)},
+    )
     assert r.status_code == 200
     export = client.get("/export/reviews.csv")
     assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
@@ -318,4 +399,4 @@ def test_the_reviews_export_neutralises_formulas_and_results_csv_stays_exact(fol
     got = lines[0]
     assert (got["path"], got["reviewer"], got["note"]) == ("'=1+2.png", "'-ann", "'@SUM(A1) cracked")
     assert (got["sha256"], got["label"], float(got["score"])) == (first["sha256"], "defect", float(first["score"]))
-    assert "\n\"=1+2.png\"," in results_csv.read_text() or "\n=1+2.png," in results_csv.read_text()  # the ledger is exact
+    assert '\n"=1+2.png",' in results_csv.read_text() or "\n=1+2.png," in results_csv.read_text()  # the ledger is exact

@@ -4,6 +4,7 @@ Opens the app on a generated inspection folder, filters the list, labels three p
 keyboard, restarts the server and reloads: the labels are still there. Screenshots of the
 overview and of a part view go to out/review-overview.png and out/review-part.png.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,18 +17,35 @@ from pathlib import Path
 
 import pytest
 
-from review.sample import make_inspection_folder
+from anomaflow.review.sample import make_inspection_folder
 from tests.conftest import free_port
 
 CHROMIUM = os.environ.get("ANOMAFLOW_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary: apt-get install chromium (or set ANOMAFLOW_CHROMIUM)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary: apt-get install chromium (or set ANOMAFLOW_CHROMIUM)"
+)
 OUT = Path(__file__).resolve().parents[1] / "out"
 
 
 def _serve(folder: Path, port: int, db: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "review", "--results", str(folder), "--port", str(port), "--db", db],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "anomaflow.flows.cli",
+            "review",
+            "--results",
+            str(folder),
+            "--port",
+            str(port),
+            "--db",
+            db,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -1,4 +1,4 @@
-"""Safety (issue 8): what loading a model may execute, where outputs may land.
+"""Safety: what loading a model may execute, where outputs may land.
 
 - Checkpoints, memory banks, backbone weights and cache entries are data: a pickle payload in
   any of them is refused, and the payload is shown to be live (it runs under plain pickle).
@@ -10,6 +10,7 @@
   working directory), and unpickles nothing.
 - Inspection outputs stay in the output folder whatever the input file names are.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,12 +25,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model import inspection
-from model.autoencoder import AutoencoderDetector
-from model.config import AutoencoderConfig
-from model.data import ImageCache, load_images, scan_mvtec
-from model.registry import load_detector
-from tasks import tracking
+from anomaflow.model.data.datasets import ImageCache
+from anomaflow.model.detectors.autoencoder import AutoencoderDetector
+from anomaflow.model.detectors.registry import load_detector
+from anomaflow.model.operations import inspection
+from anomaflow.tasks import tracking
+from tests.helpers import fit_tiny_autoencoder, inspect_inbox
 
 SIZE = 64
 NAME = "safety-model"
@@ -47,9 +48,7 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def detector(demo_root: Path) -> AutoencoderDetector:
-    ds = scan_mvtec(demo_root, "demo")
-    det = AutoencoderDetector(AutoencoderConfig(image_size=SIZE, base_channels=8, latent_channels=8, epochs=1, batch_size=8))
-    det.fit(load_images(ds.train, SIZE), progress=None)
+    det = fit_tiny_autoencoder(demo_root, SIZE)
     det.threshold, det.pixel_threshold = 0.0, 0.05  # every image a DEFECT: figures for all
     return det
 
@@ -92,8 +91,8 @@ def test_detector_metadata_cannot_name_code(detector: AutoencoderDetector, tmp_p
 
 
 def test_memory_bank_and_backbone_weights_with_payload_are_refused(tmp_path: Path) -> None:
-    patchcore = pytest.importorskip("model.patchcore")
-    from model.backbone import read_state_dict
+    patchcore = pytest.importorskip("anomaflow.model.detectors.patchcore")
+    from anomaflow.model.detectors.backbone import read_state_dict
 
     marker = tmp_path / "pwned"
     bank_dir = tmp_path / "bank"
@@ -175,7 +174,9 @@ def load_pyfunc_audited(uri: str):
     return model, events
 
 
-def test_pyfunc_loads_only_its_own_artifacts_and_unpickles_nothing(registered: dict[str, str], detector: AutoencoderDetector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyfunc_loads_only_its_own_artifacts_and_unpickles_nothing(
+    registered: dict[str, str], detector: AutoencoderDetector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import yaml
 
     # Decoys where a careless loader might look: the detector path recorded at logging time
@@ -186,7 +187,11 @@ def test_pyfunc_loads_only_its_own_artifacts_and_unpickles_nothing(registered: d
     decoy = AutoencoderDetector.from_config(detector.config_dict())
     decoy.threshold, decoy.pixel_threshold = 999.0, 1.0
     monkeypatch.chdir(tmp_path)
-    decoy_dirs = [decoy.save(recorded), decoy.save(tmp_path / "detector"), decoy.save(tmp_path / "artifacts" / "detector")]
+    decoy_dirs = [
+        decoy.save(recorded),
+        decoy.save(tmp_path / "detector"),
+        decoy.save(tmp_path / "artifacts" / "detector"),
+    ]
     try:
         model, events = load_pyfunc_audited(registered["uri"])
     finally:
@@ -194,7 +199,9 @@ def test_pyfunc_loads_only_its_own_artifacts_and_unpickles_nothing(registered: d
     served = model.unwrap_python_model().detector
     assert served.threshold == pytest.approx(0.123)
 
-    opened = [Path(str(args[0])) for event, args in events if event == "open" and isinstance(args[0], (str, os.PathLike))]
+    opened = [
+        Path(str(args[0])) for event, args in events if event == "open" and isinstance(args[0], (str, os.PathLike))
+    ]
     weights = [p for p in opened if p.name in ("weights.pt", "detector.json", "last.pt")]
     local_root = Path(model._model_impl.context.artifacts["detector"]).resolve()
     assert weights and all(p.resolve().is_relative_to(local_root) for p in weights), (weights, local_root)
@@ -203,7 +210,9 @@ def test_pyfunc_loads_only_its_own_artifacts_and_unpickles_nothing(registered: d
     assert [args for event, args in events if event == "pickle.find_class"] == []
 
 
-def test_inspection_loads_registered_models_as_data_pyfunc_runs_their_code(registered: dict[str, str], tmp_path: Path) -> None:
+def test_inspection_loads_registered_models_as_data_pyfunc_runs_their_code(
+    registered: dict[str, str], tmp_path: Path
+) -> None:
     """The trust boundary in the README: a registry writer who swaps the stored served_model.py
     gets code run by mlflow.pyfunc.load_model, not by batch inspection's loader."""
     import mlflow
@@ -223,7 +232,9 @@ def test_inspection_loads_registered_models_as_data_pyfunc_runs_their_code(regis
         code.write_text(original)
 
 
-def test_registered_weights_with_payload_are_refused_by_inspection_loader(registered: dict[str, str], tmp_path: Path) -> None:
+def test_registered_weights_with_payload_are_refused_by_inspection_loader(
+    registered: dict[str, str], tmp_path: Path
+) -> None:
     weights = Path(registered["stored"]) / "artifacts" / "detector" / "weights.pt"
     original = weights.read_bytes()
     marker = tmp_path / "pwned"
@@ -241,8 +252,19 @@ def test_registered_weights_with_payload_are_refused_by_inspection_loader(regist
 # outputs stay in the output folder
 
 
-HOSTILE = ["..png", "...png", "-rf.png", "$(touch PWNED).png", "`id`;x|y&.png", "a\nb.png", "ü 部品 ✓.png", " lead space.png",
-           "defects.png", "results.csv.png", ".inspection.lock.png"]
+HOSTILE = [
+    "..png",
+    "...png",
+    "-rf.png",
+    "$(touch PWNED).png",
+    "`id`;x|y&.png",
+    "a\nb.png",
+    "ü 部品 ✓.png",
+    " lead space.png",
+    "defects.png",
+    "results.csv.png",
+    ".inspection.lock.png",
+]
 
 
 def tree(root: Path) -> set[Path]:
@@ -264,9 +286,7 @@ def test_outputs_stay_in_the_output_folder(detector: AutoencoderDetector, demo_r
     visible = [n for n in names if not any(part.startswith(".") for part in n.split("/"))]
     out = tmp_path / "out"
     outside_before = tree(tmp_path)
-    with inspection.Ledger(out) as ledger:
-        summary = inspection.inspect_files(detector, inspection.list_inbox(inbox), inbox, ledger, model_name="m",
-                                           model_version="1", threshold=0.0)
+    summary = inspect_inbox(detector, inbox, out, threshold=0.0)
     assert summary.defect == len(visible) and len(visible) == len(names) - 4
     rows = inspection.read_results(out / "results.csv")
     assert sorted(r["path"] for r in rows) == sorted(visible)
@@ -279,7 +299,9 @@ def test_outputs_stay_in_the_output_folder(detector: AutoencoderDetector, demo_r
 
 
 @pytest.mark.parametrize("planted", ["defects", "results.csv", ".inspection.lock"])
-def test_links_planted_in_the_output_folder_are_refused(detector: AutoencoderDetector, demo_root: Path, tmp_path: Path, planted: str) -> None:
+def test_links_planted_in_the_output_folder_are_refused(
+    detector: AutoencoderDetector, demo_root: Path, tmp_path: Path, planted: str
+) -> None:
     """A link planted in the output folder could send heat maps or rows elsewhere: the run refuses
     it before inspecting anything, names it, and writes nothing through it."""
     inbox = tmp_path / "inbox"
@@ -294,9 +316,7 @@ def test_links_planted_in_the_output_folder_are_refused(detector: AutoencoderDet
     out.mkdir()
     (out / planted).symlink_to(target)
     with pytest.raises(OSError, match="link") as err:
-        with inspection.Ledger(out) as ledger:
-            inspection.inspect_files(detector, inspection.list_inbox(inbox), inbox, ledger, model_name="m",
-                                     model_version="1", threshold=0.0)
+        inspect_inbox(detector, inbox, out, threshold=0.0)
     assert err.value.filename == str(out / planted)
     assert sorted(p.name for p in elsewhere.iterdir()) == ([] if planted == "defects" else ["target"])
     assert planted == "defects" or target.read_bytes() == b""

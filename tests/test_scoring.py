@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.scoring import gaussian_blur, image_scores, residual_map, smooth_maps, ssim_map
+from anomaflow.model.detectors.scoring import gaussian_blur, image_scores, residual_map, smooth_maps, ssim_map
 
 
 def test_gaussian_blur_preserves_mass_and_constant():
@@ -58,7 +58,7 @@ def test_image_scores_mean_max_smoothed():
 
 
 def test_top_mean_pools_the_highest_share_of_each_images_own_pixels():
-    from model.scoring import image_scores, top_mean
+    from anomaflow.model.detectors.scoring import image_scores, top_mean
 
     maps = np.zeros((2, 40, 50), np.float32)
     maps[0, :2, :] = 10.0  # 100 of 2,000 pixels: the top 0.1 % (2 pixels) are all 10

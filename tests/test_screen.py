@@ -1,5 +1,6 @@
 """The training-set screen: defective parts filed as good are found by cross-fitted scores, and
 leaving them out (--exclude-suspects) gives back the image decisions they cost."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.cli import main
-from model.config import TrainConfig
-from model.demo import make_demo_dataset
-from model.screen import Z_LIMIT, cross_fit, fold_of, robust_z
+from anomaflow.flows.cli import main
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.data.demo import make_demo_dataset
+from anomaflow.model.data.screen import Z_LIMIT, cross_fit, fold_of, robust_z
+from tests.helpers import train_args
 from tests.test_selection import Toy
 
 
@@ -60,8 +62,9 @@ PLANTED = 10
 def contaminated_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """Demo data whose good folder holds 10 blob defects (20 %) taken from the test split."""
     root = tmp_path_factory.mktemp("contaminated")
-    cat = make_demo_dataset(root, "demo", seed=0, image_size=128, n_train=40, n_test_good=8, n_test_per_defect=20,
-                            defects=("blob",))
+    cat = make_demo_dataset(
+        root, "demo", seed=0, image_size=128, n_train=40, n_test_good=8, n_test_per_defect=20, defects=("blob",)
+    )
     planted = []
     for i in range(PLANTED):
         shutil.move(cat / "test" / "blob" / f"{i:03d}.png", cat / "train" / "good" / f"planted_blob_{i}.png")
@@ -76,8 +79,7 @@ def test_defects_filed_as_good_are_flagged_and_excluding_them_recovers_the_decis
     runs = {}
     for flag in ("--no-screen", "--screen", "--exclude-suspects"):
         out = tmp_path / flag.strip("-")
-        assert main(["train", "--data", str(root), "--category", "demo", "--output", str(out), "--detector", "patchcore",
-                     "--image-size", "128", "--threads", "2", "--no-register", flag]) == 0
+        assert main(train_args(root, out, "--no-register", flag, image_size=128)) == 0
         runs[flag] = (json.loads((out / "metrics.json").read_text()), json.loads((out / "validation.json").read_text()))
     m_off, v_off = runs["--no-screen"]
     m_on, v_on = runs["--screen"]
@@ -88,7 +90,9 @@ def test_defects_filed_as_good_are_flagged_and_excluding_them_recovers_the_decis
     assert set(planted) <= set(flagged) and len(flagged) <= PLANTED + 1  # every planted defect, at most one false flag
     assert screen["excluded"] == [] and m_on["train_suspects"] == len(flagged) and m_on["train_excluded"] == 0
     # Reporting alone changes nothing: the same model and scores as without the screen.
-    assert m_on["image_auroc"] == m_off["image_auroc"] and m_on["threshold"] == pytest.approx(m_off["threshold"], rel=1e-6)
+    assert m_on["image_auroc"] == m_off["image_auroc"] and m_on["threshold"] == pytest.approx(
+        m_off["threshold"], rel=1e-6
+    )
     assert set(v_ex["training_screen"]["excluded"]) == set(flagged) and m_ex["train_excluded"] == len(flagged)
     tag = MlflowClient().get_run(m_ex["mlflow_run_id"]).data.tags["anomaflow.train_suspects"]
     assert f"{len(flagged)} of 50 good images look defective" in tag and "planted_blob_" in tag

@@ -1,4 +1,5 @@
 """The label-free choice: a candidate near chance on synthetic defects is never chosen; ties keep the default."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from model.config import TrainConfig
-from model.detector import Detector
-from model.selection import NEAR_CHANCE, candidates, near_chance_warning, relative_cost, select
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.detectors.base import Detector
+from anomaflow.model.evaluation.selection import NEAR_CHANCE, candidates, near_chance_warning, relative_cost, select
 
 
 class Toy(Detector):
@@ -56,7 +57,15 @@ def test_a_candidate_near_chance_is_never_chosen_and_ties_keep_the_default():
     # stage2 PatchCore features (4x the patches) twice the fusion of two stage3-cost members.
     assert [relative_cost(n) for n in names] == [1.0, 0.1, 0.1, 2.0, 0.125]
     fit, holdout = _images(20, 0), _images(12, 1)
-    blind_default = select(base, fit, holdout, None, lambda c: Toy(c, blind=c.detector == "padim" or c.patchcore.layers == ["stage3", "stage4"]), 600, log=lambda m: None)
+    blind_default = select(
+        base,
+        fit,
+        holdout,
+        None,
+        lambda c: Toy(c, blind=c.detector == "padim" or c.patchcore.layers == ["stage3", "stage4"]),
+        600,
+        log=lambda m: None,
+    )
     # the fusion (the default) and both its members blind: a later candidate that sees is chosen
     assert blind_default.chosen in ("patchcore_s2s3", "patchcore_s4s5") and not blind_default.warning
     scores = {r["name"]: r["syn_image_auroc"] for r in blind_default.rows}
@@ -72,19 +81,25 @@ def test_a_candidate_near_chance_is_never_chosen_and_ties_keep_the_default():
 def test_a_lead_the_held_out_count_cannot_support_keeps_the_default():
     """pick() replaces the default only on a clear lead: more than TIE and more than LEAD_SE
     bootstrap standard errors of the difference on the same held-out images."""
-    from model.selection import SyntheticCheck, auroc_lead, pick
+    from anomaflow.model.evaluation.selection import SyntheticCheck, auroc_lead, pick
 
     rng = np.random.default_rng(0)
 
     def pair(n: int, shift_b: float) -> dict[str, SyntheticCheck]:
         normal, defect = rng.normal(0, 1, n), rng.normal(1.5, 1, 2 * n)
         noise_n, noise_d = rng.normal(0, 0.3, n), rng.normal(0, 0.3, 2 * n)  # b: the same images, its own noise
-        return {"a": SyntheticCheck({}, defect, normal), "b": SyntheticCheck({}, defect + shift_b + noise_d, normal + noise_n)}
+        return {
+            "a": SyntheticCheck({}, defect, normal),
+            "b": SyntheticCheck({}, defect + shift_b + noise_d, normal + noise_n),
+        }
 
     def rows(checks: dict[str, SyntheticCheck]) -> list[dict]:
-        from model.selection import _auroc
+        from anomaflow.model.evaluation.selection import _auroc
 
-        return [{"name": k, "syn_image_auroc": float(_auroc(c.normal_scores[None], c.defect_scores[None])[0])} for k, c in checks.items()]
+        return [
+            {"name": k, "syn_image_auroc": float(_auroc(c.normal_scores[None], c.defect_scores[None])[0])}
+            for k, c in checks.items()
+        ]
 
     small = pair(10, 0.15)  # b a little ahead on 10 held-out normals: within the noise
     r = rows(small)
@@ -107,9 +122,9 @@ class SquareOnly(Toy):
 
 
 def test_the_frame_policy_keeps_the_aspect_frame_unless_the_square_one_clearly_wins():
-    """auto's frame step (model.selection.frame_alternative): the same held-out images squashed to a
-    square, the chosen candidate fitted again; only a clear synthetic lead switches the frame."""
-    from model.selection import frame_alternative
+    """auto's frame step (anomaflow.model.evaluation.selection.frame_alternative): the same held-out images squashed to
+    a square, the chosen candidate fitted again; only a clear synthetic lead switches the frame."""
+    from anomaflow.model.evaluation.selection import frame_alternative
 
     base = TrainConfig(detector="auto", patchcore={"image_size": 32})
     rng = np.random.default_rng(0)

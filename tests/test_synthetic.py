@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model.synthetic import KINDS, SUBTLE_KINDS, add_synthetic_defect, synthetic_set
+from anomaflow.model.data.synthetic import KINDS, SUBTLE_KINDS, add_synthetic_defect, synthetic_set
 
 
 @pytest.mark.parametrize("kind", KINDS + SUBTLE_KINDS)

@@ -1,19 +1,15 @@
 """The train-pipeline flow under a real Prefect API (test harness) and a local MLflow store."""
+
 import asyncio
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.training import train_pipeline
-from model.config import AutoencoderConfig, TrainConfig
-from model.data import DataError
+from anomaflow.flows.training import train_pipeline
+from anomaflow.model.data.datasets import DataError
+from tests.helpers import EVAL_METRICS, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def tiny_config(root, **kw) -> TrainConfig:
-    ae = AutoencoderConfig(image_size=64, base_channels=8, latent_channels=8, epochs=2, batch_size=8)
-    return TrainConfig(data_root=str(root), category="demo", detector="autoencoder", autoencoder=ae, num_threads=2, **kw)
 
 
 async def _read_artifacts(keys):
@@ -22,7 +18,9 @@ async def _read_artifacts(keys):
     from prefect.client.schemas.sorting import ArtifactSort
 
     async with get_client() as client:
-        arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), sort=ArtifactSort.CREATED_DESC)
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), sort=ArtifactSort.CREATED_DESC
+        )
     latest = {}
     for a in arts:  # newest first: keep the latest version of each key
         latest.setdefault(a.key, a)
@@ -39,8 +37,11 @@ async def _latest_flow_run_name():
 
 
 def test_flow_runs_end_to_end(demo_root, mlflow_sqlite, tmp_path):
-    metrics = train_pipeline(tiny_config(demo_root, experiment_name="flow-test", registered_model_name="flow-test-model"), output_dir=str(tmp_path / "out"))
-    for key in ("image_auroc_mean", "image_auroc_max", "pixel_auroc", "pixel_aupro", "pixel_iou", "f1", "threshold", "mlflow_run_id", "model_version"):
+    metrics = train_pipeline(
+        tiny_config(demo_root, experiment_name="flow-test", registered_model_name="flow-test-model"),
+        output_dir=str(tmp_path / "out"),
+    )
+    for key in (*EVAL_METRICS, "f1", "threshold", "mlflow_run_id", "model_version"):
         assert key in metrics
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert (tmp_path / "out" / "dataset_samples.png").stat().st_size > 1000
