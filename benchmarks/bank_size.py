@@ -25,11 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaflow.model import pipeline  # noqa: E402
-from anomaflow.model.config import TrainConfig  # noqa: E402
+from anomaflow.model import pipeline
+from anomaflow.model.config import TrainConfig
 from anomaflow.model.data import datasets as data
-from anomaflow.model.data.synthetic import synthetic_set  # noqa: E402
-from anomaflow.model.detectors.patchcore import greedy_coreset  # noqa: E402
+from anomaflow.model.data.synthetic import synthetic_set
+from anomaflow.model.detectors.patchcore import greedy_coreset
 from anomaflow.model.evaluation import metrics
 from benchmarks.common import (
     emit,

@@ -23,9 +23,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaflow.model import pipeline  # noqa: E402
+from anomaflow.model import pipeline
 from anomaflow.model.evaluation import calibration
-from benchmarks.common import DATASETS, emit, present, replay, train_config  # noqa: E402
+from benchmarks.common import DATASETS, emit, present, replay, train_config
 
 METHODS = {
     "percentile 99 (default before)": lambda s: calibration.percentile_threshold(s, 99.0),

@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import DATASETS, emit, present, replay, seeded_parser, store_runs, train_config  # noqa: E402
+from benchmarks.common import DATASETS, emit, present, replay, seeded_parser, store_runs, train_config
 
 
 def run(

@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import DATASETS, present, row_table, rows_main, seeded_parser, train_config  # noqa: E402
+from benchmarks.common import DATASETS, present, row_table, rows_main, seeded_parser, train_config
 
 
 def run(name: str, root: Path, category: str, candidate: str, seed: int, threads: int, cache_dir: str) -> dict:

@@ -37,7 +37,7 @@ from statistics import mean
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import DATASETS  # noqa: E402
+from benchmarks.common import DATASETS
 
 KNOWN = DATASETS
 HOW_TO_MAKE = {"elpv": "run `anomaflow import-elpv data/elpv`", "bottle_": "run `benchmarks/variants.py data/variants`"}

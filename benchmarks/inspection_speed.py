@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import category_parser, row_table, rows_main  # noqa: E402
+from benchmarks.common import category_parser, row_table, rows_main
 
 
 def tall_copy(src: Path, category: str, dst: Path) -> Path:

@@ -24,11 +24,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaflow.model import pipeline  # noqa: E402
-from anomaflow.model.config import TrainConfig  # noqa: E402
-from anomaflow.model.data.synthetic import synthetic_set  # noqa: E402
-from anomaflow.model.detectors.patchcore import greedy_coreset, nearest_distances  # noqa: E402
-from anomaflow.model.detectors.scoring import gaussian_blur, image_scores  # noqa: E402
+from anomaflow.model import pipeline
+from anomaflow.model.config import TrainConfig
+from anomaflow.model.data.synthetic import synthetic_set
+from anomaflow.model.detectors.patchcore import greedy_coreset, nearest_distances
+from anomaflow.model.detectors.scoring import gaussian_blur, image_scores
 from anomaflow.model.evaluation import metrics
 from benchmarks import common
 

@@ -30,12 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaflow.model import pipeline  # noqa: E402
-from anomaflow.model.config import TrainConfig  # noqa: E402
+from anomaflow.model import pipeline
+from anomaflow.model.config import TrainConfig
 from anomaflow.model.data import datasets as data
-from anomaflow.model.data.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model.data.synthetic import synthetic_set
 from anomaflow.model.evaluation import calibration, metrics
-from benchmarks.common import emit, seeded_parser, train_config  # noqa: E402
+from benchmarks.common import emit, seeded_parser, train_config
 
 PERCENTILES = (99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
 MAX_GOOD_PIXEL_FPR = 0.005  # the rule's bound on false-positive pixels on good parts

@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import present, train_config  # noqa: E402
+from benchmarks.common import present, train_config
 
 SHARES = ("max", 0.001, 0.01)
 

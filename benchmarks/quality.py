@@ -24,10 +24,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaflow.model import pipeline  # noqa: E402
-from anomaflow.model.config import AutoencoderConfig, TrainConfig  # noqa: E402
+from anomaflow.model import pipeline
+from anomaflow.model.config import AutoencoderConfig, TrainConfig
 from anomaflow.model.data import datasets as data
-from anomaflow.model.data.synthetic import synthetic_set  # noqa: E402
+from anomaflow.model.data.synthetic import synthetic_set
 from anomaflow.model.evaluation import metrics
 from benchmarks.common import train_config
 

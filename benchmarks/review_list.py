@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit  # noqa: E402
+from benchmarks.common import emit
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from anomaflow.model.data.curation import _link_or_copy  # noqa: E402  (hard link, or a copy across file systems)
-from benchmarks.common import category_parser, emit, printed_stored, row_table, save_rows  # noqa: E402
+from anomaflow.model.data.curation import _link_or_copy
+from benchmarks.common import category_parser, emit, printed_stored, row_table, save_rows
 
 
 def contaminated_copy(root: Path, category: str, planted: int, seed: int, work: Path) -> tuple[Path, list[str]]:

@@ -371,7 +371,7 @@ def check_drift(
             files={"drift": path},
         )
         tracking.log_run(record, finish=True)
-    except Exception as exc:  # noqa: BLE001 - the report is on disk and in the artifact; tracking is best effort here
+    except Exception as exc:
         log.warning("drift metrics not logged to MLflow: %s", exc)
     return report
 

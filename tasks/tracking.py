@@ -264,7 +264,7 @@ def mark_failed_quietly(run_id: str) -> bool:
     try:
         finish_run(run_id, "FAILED")
         return True
-    except Exception as exc:  # noqa: BLE001 - never mask the error that brought us here
+    except Exception as exc:
         warnings.warn(f"could not mark MLflow run {run_id} FAILED: {exc}", RuntimeWarning, stacklevel=2)
         return False
 

@@ -80,7 +80,7 @@ def train_model(config: TrainConfig, arrays: pipeline.Arrays, run_id: str | None
             try:
                 tracking.log_epoch(run_id, rec)
                 logged.add(int(rec["epoch"]))
-            except Exception as exc:  # noqa: BLE001 - training goes on; the epoch is logged at the end
+            except Exception as exc:
                 log.warning("epoch %d not logged live to MLflow (%s); it is logged at the end", rec["epoch"], exc)
 
     det, history, seconds = pipeline.fit_detector(config, arrays, progress=progress)

@@ -139,8 +139,8 @@ def test_save_figure_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.
     path = tmp_path / "fig.png"
     path.write_bytes(b"old")
 
-    def boom(*args, **kwargs):
-        Path(args[0]).write_bytes(b"half")
+    def boom(target, *args, **kwargs):  # half a PNG into the file save_figure hands over, then a failure
+        target.write(b"half")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(fig, "savefig", boom)

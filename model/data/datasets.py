@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaflow.model.data.decoding import (  # noqa: F401 - re-exported
+from anomaflow.model.data.decoding import (
     _check_size,
     _image_display_size,
     _open_header,
@@ -74,7 +74,7 @@ from anomaflow.model.data.decoding import (  # noqa: F401 - re-exported
     open_mask,
 )
 from anomaflow.model.data.frame import frame_box, valid_mask
-from anomaflow.model.data.image_cache import ImageCache  # noqa: F401
+from anomaflow.model.data.image_cache import ImageCache
 from anomaflow.model.data.samples import (  # noqa: F401 - re-exported
     _MASK_SUFFIX,
     IMAGE_EXTENSIONS,
@@ -92,7 +92,7 @@ from anomaflow.model.data.samples import (  # noqa: F401 - re-exported
     _subdirs,
     display_path,
 )
-from anomaflow.model.data.validation import ValidationReport, validate_dataset  # noqa: F401
+from anomaflow.model.data.validation import ValidationReport, validate_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",

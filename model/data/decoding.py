@@ -72,7 +72,7 @@ def _open_header(path: Path, data: bytes | None = None, max_pixels: int | None =
         try:
             if path.stat().st_size == 0:
                 raise DataError(path, "empty file")
-            fh = open(path, "rb")  # noqa: SIM115 - closed in finally
+            fh = open(path, "rb")
         except OSError as exc:
             raise _file_error(path, exc) from None
     img: Image.Image | None = None

@@ -390,7 +390,7 @@ def in_image_frame(
         return (decoded if decoded.size == size else decoded.resize(size, Image.Resampling.BILINEAR)), heat
     try:
         picture = open_image(item.path, data=item.raw, at_least=size).resize(size, Image.Resampling.BILINEAR)
-    except Exception:  # noqa: BLE001 - it decoded a moment ago; fall back to the model input
+    except Exception:
         crop = framed[box.top : box.top + box.height, box.left : box.left + box.width]
         picture = Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BILINEAR)
     return picture, heat
@@ -635,7 +635,7 @@ def image_mode(item: Item) -> str:
     try:
         with Image.open(io.BytesIO(item.raw or b"")) as img:
             return img.mode
-    except Exception:  # noqa: BLE001 - it decoded a moment ago; the mode is only reported
+    except Exception:
         return "?"
 
 
