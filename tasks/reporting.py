@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from anomaflow.model import pipeline
+from anomaflow.tasks.evaluation import EvaluationOutput
 
 HEADLINE = (
     "image_auroc_mean",
@@ -55,7 +56,7 @@ def summary_markdown(category: str, metrics: dict[str, Any], registration: Any |
 def publish_summary(
     category: str,
     metrics: dict[str, Any],
-    evaluated: Any | None,
+    evaluated: EvaluationOutput | None,
     registration: Any | None,
     output_dir: Path | None,
 ) -> None:

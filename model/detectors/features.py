@@ -46,6 +46,19 @@ def aggregate(features: list[torch.Tensor], pool_size: int = 3, feature_dim: int
     return x.contiguous()
 
 
+def print_feature_phase(family: str, rec: dict[str, Any], unit: str) -> bool:
+    """The progress line of a feature family's backbone pass (`rec["phase"] == "features"`), with
+    `unit` the record's count of what the features became (patches, positions); False for other phases."""
+    if rec.get("phase") != "features":
+        return False
+    print(
+        f"{family}: features of {rec['images']} images -> {rec[unit]} {unit} "
+        f"x {rec['feature_dim']} dims ({rec['seconds']:.1f}s)",
+        flush=True,
+    )
+    return True
+
+
 def fit_record(t0: float, feature_seconds: float, **extra: Any) -> dict[str, Any]:
     """The one history record of a feature family's fit: no epochs (1 of 1) and no losses, the time
     since t0, and what the family reports (`extra`, in its order)."""

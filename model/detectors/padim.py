@@ -29,7 +29,7 @@ import torch
 
 from anomaflow.model.config import PadimConfig
 from anomaflow.model.detectors.base import ProgressFn, save_torch_atomic
-from anomaflow.model.detectors.features import FeatureDetector, fit_record
+from anomaflow.model.detectors.features import FeatureDetector, fit_record, print_feature_phase
 
 GAUSSIANS_FILE = "gaussians.pt"
 
@@ -52,13 +52,7 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _print_progress(rec: dict[str, Any]) -> None:
-    if rec.get("phase") == "features":
-        print(
-            f"padim: features of {rec['images']} images -> {rec['positions']} positions "
-            f"x {rec['feature_dim']} dims ({rec['seconds']:.1f}s)",
-            flush=True,
-        )
-    else:
+    if not print_feature_phase("padim", rec, "positions"):
         print(
             f"padim: {rec['positions']} Gaussians of {rec['feature_dim']} dims "
             f"(mean shrinkage {rec['mean_shrinkage']:.2f}) in {rec['seconds']:.1f}s",

@@ -28,7 +28,7 @@ import torch
 
 from anomaflow.model.config import PatchCoreConfig
 from anomaflow.model.detectors.base import ProgressFn, save_torch_atomic
-from anomaflow.model.detectors.features import FeatureDetector, aggregate, fit_record  # noqa: F401 - aggregate is part of this module's API
+from anomaflow.model.detectors.features import FeatureDetector, aggregate, fit_record, print_feature_phase  # noqa: F401 - aggregate is part of this module's API
 
 BANK_FILE = "memory_bank.pt"
 
@@ -208,13 +208,9 @@ class FaissBank:
 
 
 def _print_progress(rec: dict[str, Any]) -> None:
-    if rec.get("phase") == "features":
-        print(
-            f"patchcore: features of {rec['images']} images -> {rec['patches']} patches "
-            f"x {rec['feature_dim']} dims ({rec['seconds']:.1f}s)",
-            flush=True,
-        )
-    elif rec.get("phase") == "coreset":
+    if print_feature_phase("patchcore", rec, "patches"):
+        return
+    if rec.get("phase") == "coreset":
         print(f"patchcore: coreset {rec['bank_size']} of {rec['patches']} patches ({rec['seconds']:.1f}s)", flush=True)
     else:
         print(f"patchcore: memory bank {rec['bank_size']} x {rec['feature_dim']} in {rec['seconds']:.1f}s", flush=True)

@@ -39,10 +39,8 @@ def build_detector(config: TrainConfig, preprocessing: Preprocessing | None = No
         det = known[config.detector](
             getattr(config, config.detector), score_method=config.score_method, seed=config.seed
         )
-    if preprocessing is None:
-        det.set_input(det.frame, config.keep_aspect)
-    else:
-        det.set_input(preprocessing.frame, preprocessing.keep_aspect)
+    prep = preprocessing or Preprocessing(det.frame, config.keep_aspect)  # fit() learns the frame itself
+    det.set_input(prep.frame, prep.keep_aspect)
     return det
 
 
