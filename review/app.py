@@ -11,7 +11,8 @@ rebinding) cannot read the CSRF token; images are served by sha256 through `Resu
 (no request path reaches the file system, no link in the results folder is followed); every
 POST carries the page's CSRF token in a header and, when the browser sends one, an Origin of
 this server (scheme, allowed name and port); a label is only taken for a scored row of the
-loaded results, and a label value outside LABELS is refused with a message.
+loaded results, and a label value outside LABELS is refused with a message. A bulk label is the
+same check per part (at most MAX_BULK parts a request), so it can do nothing a single one cannot.
 """
 
 from __future__ import annotations
@@ -20,23 +21,26 @@ import hmac
 import ipaddress
 import mimetypes
 import secrets
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
-from urllib.parse import urlsplit
+from typing import Annotated, Sequence
+from urllib.parse import urlencode, urlsplit
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from anomaflow.model.operations.results import DECISIONS, SHA, SORTS, STATES, Results, read_plain
+from anomaflow.model.operations.results import DECISIONS, SHA, SORTS, STATES, Page, Results, read_plain
 from anomaflow.review.export import reviews_csv
-from anomaflow.tasks.labels import LABELS, Conflict, LabelError, LabelStore
+from anomaflow.tasks.labels import LABELS, Conflict, LabelError, LabelRecord, LabelStore, check_label
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TOKEN_COOKIE = "anomaflow_review_token"
 PER_PAGE = 50
+GRID_PER_PAGE = 48  # divisible by 2, 3, 4, 6, 8: full rows at most window widths
+MAX_BULK = 500
 MIN_TOKEN = 16
 ORDERS = ("desc", "asc")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -51,6 +55,62 @@ class LabelIn(BaseModel):
     reviewer: str = Field(max_length=120)
     note: str = ""
     seen: int | None = None
+
+
+class BulkItem(BaseModel):
+    sha256: str = Field(max_length=80)
+    model_version: str = Field(max_length=64)
+    seen: int | None = None
+
+
+class BulkLabelIn(BaseModel):
+    items: list[BulkItem] = Field(min_length=1)
+    label: str = Field(max_length=16)
+    reviewer: str = Field(max_length=120)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The list's and the grid's filters, validated once for both."""
+
+    decision: str = ""
+    state: str = ""
+    product: str = ""
+    sort: str = "score"
+    order: str = "desc"
+    page: int = 1
+
+    def link(self, **change) -> str:
+        """The query string of these filters with `change` applied (empty values left out)."""
+        return urlencode({k: v for k, v in {**asdict(self), **change}.items() if v not in ("", None)})
+
+
+def list_query(
+    request: Request,
+    decision: str = "",
+    state: str = "",
+    product: str = "",
+    sort: str = "score",
+    order: str = "desc",
+    page: int = 1,
+) -> ListQuery:
+    """The query of /parts and /grid, each value checked against the allowed ones (400 naming
+    them); `product` against the model names in the results as loaded now."""
+    results: Results = request.app.state.results
+    results.refresh()
+    if state:
+        one_of("review state", state, STATES)
+    if decision:
+        one_of("decision", decision, DECISIONS)
+    if product:
+        one_of("product", product, results.products())
+    one_of("sort", sort, SORTS)
+    one_of("order", order, ORDERS)
+    return ListQuery(decision, state, product, sort, order, page)
+
+
+Filters = Annotated[ListQuery, Depends(list_query)]
 
 
 def allowed_names(host: str, extra: Sequence[str], token: str | None) -> frozenset[str] | None:
@@ -209,12 +269,66 @@ def create_app(
     def latest_labels() -> dict[tuple[str, str], str]:
         return {k: v.label for k, v in store.latest().items()}
 
+    def listing(query: ListQuery, latest: dict[tuple[str, str], str], per_page: int) -> Page:
+        return results.page(
+            latest,
+            decision=query.decision,
+            state=query.state,
+            product=query.product,
+            sort=query.sort,
+            descending=query.order == "desc",
+            page=query.page,
+            per_page=per_page,
+        )
+
+    def save_labels(
+        items: Sequence[BulkItem], label: str, reviewer: str, note: str
+    ) -> tuple[list[LabelRecord], list[dict]]:
+        """The one way a label is written, for one part or many: each part needs a scored row of
+        that model version (404 no such part, 422 no verdict to label) and no label newer than its
+        `seen` (409). Returns the saved records and the refusals, each with its status and reason.
+        A LabelError (unknown label, no reviewer) refuses them all: it is raised."""
+        check_label(label, reviewer, note)
+        results.refresh()
+        refused: list[dict] = []
+        todo: dict[tuple[str, str], int | None] = {}
+        given: set[tuple[str, str]] = set()
+        for item in items:
+            key = (item.sha256, item.model_version)
+            if key in given:  # a part listed twice is one label
+                continue
+            given.add(key)
+            why = results.label_refusal(*key)
+            if why is None:
+                todo[key] = item.seen
+            else:
+                status = 404 if results.rows_for(item.sha256).empty else 422
+                refused.append({"sha256": key[0], "model_version": key[1], "status": status, "error": why})
+        saved = []
+        for (sha256, version), out in store.add_many(
+            [(*k, seen) for k, seen in todo.items()], label, reviewer, note
+        ).items():
+            if isinstance(out, Conflict):
+                refused.append(
+                    {
+                        "sha256": sha256,
+                        "model_version": version,
+                        "status": 409,
+                        "error": str(out),
+                        "latest": out.latest.to_dict(),
+                    }
+                )
+            else:
+                saved.append(out)
+        return saved, refused
+
     def render(request: Request, name: str, **ctx) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, {"csrf": csrf, "labels": LABELS, **ctx})
 
     @app.get("/", response_class=HTMLResponse)
     def overview(request: Request) -> HTMLResponse:
         results.refresh()
+        latest = latest_labels()
         return render(
             request,
             "overview.html",
@@ -222,7 +336,8 @@ def create_app(
             total=len(results.frame),
             models=results.models(),
             histogram=histogram_svg(results.histogram()),
-            reviewed=results.reviewed_counts(latest_labels()),
+            reviewed=results.reviewed_counts(latest),
+            products=results.product_summary(latest) if len(results.products()) > 1 else [],
             folders=results.folders,
             drift=results.drift(),
             waiting=results.waiting(),
@@ -230,35 +345,35 @@ def create_app(
         )
 
     @app.get("/parts", response_class=HTMLResponse)
-    def parts(
-        request: Request, decision: str = "", state: str = "", sort: str = "score", order: str = "desc", page: int = 1
-    ) -> HTMLResponse:
-        results.refresh()
-        if state:
-            one_of("review state", state, STATES)
-        if decision:
-            one_of("decision", decision, DECISIONS)
-        one_of("sort", sort, SORTS)
-        one_of("order", order, ORDERS)
-        p = results.page(
-            latest_labels(),
-            decision=decision,
-            state=state,
-            sort=sort,
-            descending=order == "desc",
-            page=page,
-            per_page=PER_PAGE,
-        )
+    def parts(request: Request, query: Filters) -> HTMLResponse:
         return render(
             request,
             "parts.html",
-            page=p,
-            decision=decision,
-            state=state,
-            sort=sort,
-            order=order,
+            page=listing(query, latest_labels(), PER_PAGE),
+            query=query,
             states=STATES,
             decisions=DECISIONS,
+            products=results.products(),
+        )
+
+    @app.get("/grid", response_class=HTMLResponse)
+    def grid(request: Request, query: Filters) -> HTMLResponse:
+        """Thumbnails to label many parts at once; each cell carries the id of its part's latest
+        label as `seen`, so a label someone writes after this page was rendered is a conflict."""
+        records = store.latest()
+        p = listing(query, {k: v.label for k, v in records.items()}, GRID_PER_PAGE)
+        for r in p.rows:
+            rec = records.get((r["sha256"], r["model_version"]))
+            r["seen"] = rec.id if rec is not None else None
+        return render(
+            request,
+            "grid.html",
+            page=p,
+            query=query,
+            states=STATES,
+            decisions=DECISIONS,
+            products=results.products(),
+            max_bulk=MAX_BULK,
         )
 
     @app.get("/parts/{sha256}", response_class=HTMLResponse)
@@ -305,16 +420,29 @@ def create_app(
 
     @app.post("/api/labels")
     def add_label(body: LabelIn) -> JSONResponse:
-        results.refresh()
-        refusal = results.label_refusal(body.sha256, body.model_version)
-        if refusal is not None:
-            return JSONResponse({"error": refusal}, status_code=404 if results.rows_for(body.sha256).empty else 422)
         try:
-            rec = store.add(body.sha256, body.model_version, body.label, body.reviewer, body.note, body.seen)
+            item = BulkItem(sha256=body.sha256, model_version=body.model_version, seen=body.seen)
+            saved, refused = save_labels([item], body.label, body.reviewer, body.note)
         except LabelError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
-        except Conflict as exc:
-            return JSONResponse({"error": str(exc), "latest": exc.latest.to_dict()}, status_code=409)
-        return JSONResponse({"label": rec.to_dict(), "next": results.neighbours(body.sha256, latest_labels())})
+        if refused:
+            why = refused[0]
+            return JSONResponse({k: v for k, v in why.items() if k in ("error", "latest")}, status_code=why["status"])
+        return JSONResponse({"label": saved[0].to_dict(), "next": results.neighbours(body.sha256, latest_labels())})
+
+    @app.post("/api/labels/bulk")
+    def add_labels(body: BulkLabelIn) -> JSONResponse:
+        """One label for up to MAX_BULK parts: 200 with what was saved and what was refused per
+        part (a part refused does not stop the others); 422 when the label itself is refused."""
+        if len(body.items) > MAX_BULK:
+            return JSONResponse(
+                {"error": f"{len(body.items)} parts in one bulk label; at most {MAX_BULK}: label a smaller selection"},
+                status_code=422,
+            )
+        try:
+            saved, refused = save_labels(body.items, body.label, body.reviewer, body.note)
+        except LabelError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse({"saved": [r.to_dict() for r in saved], "refused": refused})
 
     return app

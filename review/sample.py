@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -20,14 +21,17 @@ def make_inspection_folder(
     images: int | None = None,
     model_name: str = "anomaflow-demo",
     model_version: str = "1",
+    products: Sequence[str] = (),
 ) -> Path:
     """n rows: scores from a mixture (most NORMAL, some DEFECT), every 25th an ERROR row; the
-    first `images` (default all) get 48x48 view and overlay JPEGs."""
+    first `images` (default all) get 48x48 view and overlay JPEGs. `products`: model names the
+    rows take in turn (several products in one folder) instead of `model_name`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = [",".join(f'"{f}"' for f in FIELDS) + "\n"]
     for i in range(n):
+        name = products[i % len(products)] if products else model_name
         sha = hashlib.sha256(f"{seed}/{i}".encode()).hexdigest()
         if i % 25 == 24:
             row = Row(
@@ -36,7 +40,7 @@ def make_inspection_folder(
                 None,
                 "ERROR",
                 threshold,
-                model_name,
+                name,
                 model_version,
                 now_iso(),
                 "cannot decode image",
@@ -49,7 +53,7 @@ def make_inspection_folder(
                 score,
                 "DEFECT" if score > threshold else "NORMAL",
                 threshold,
-                model_name,
+                name,
                 model_version,
                 now_iso(),
             )

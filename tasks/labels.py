@@ -101,6 +101,16 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
+def check_label(label: str, reviewer: str, note: str) -> None:
+    """Raise LabelError for a label no part can get (unknown value, no reviewer, note too long)."""
+    if label not in LABELS:
+        raise LabelError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
+    if not reviewer.strip():
+        raise LabelError("a label needs a reviewer name")
+    if len(note) > MAX_NOTE:
+        raise LabelError(f"note is {len(note)} characters; at most {MAX_NOTE}")
+
+
 class LabelStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -112,36 +122,50 @@ class LabelStore:
     ) -> LabelRecord:
         """Append a label. `seen`: id of the latest label the reviewer saw (None: none); a newer
         one by now raises Conflict. The check and the insert are one transaction."""
-        if label not in LABELS:
-            raise LabelError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
-        if not reviewer.strip():
-            raise LabelError("a label needs a reviewer name")
-        if len(note) > MAX_NOTE:
-            raise LabelError(f"note is {len(note)} characters; at most {MAX_NOTE}")
+        out = self.add_many([(sha256, model_version, seen)], label, reviewer, note)[(sha256, model_version)]
+        if isinstance(out, Conflict):
+            raise out
+        return out
+
+    def add_many(
+        self, items: Iterable[tuple[str, str, int | None]], label: str, reviewer: str, note: str = ""
+    ) -> dict[tuple[str, str], LabelRecord | Conflict]:
+        """One label for many parts, items (sha256, model_version, seen): one row per part (a part
+        given twice counts once, its first `seen`), each checked against `seen` like `add`; a
+        conflict refuses that part only. One transaction, so 500 parts cost one commit."""
+        check_label(label, reviewer, note)
+        wanted: dict[tuple[str, str], int | None] = {}
+        for sha256, model_version, seen in items:
+            wanted.setdefault((sha256, model_version), seen)
+        out: dict[tuple[str, str], LabelRecord | Conflict] = {}
+        if not wanted:
+            return out
+        now = datetime.now(timezone.utc)
         with Session(self.engine) as s, s.begin():
-            if (
-                self.engine.dialect.name == "postgresql"
-            ):  # also serialises the first label of a part (no row to lock yet)
-                s.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{sha256}/{model_version}"))))
-            latest = s.scalars(
-                select(Label)
-                .where(Label.sha256 == sha256, Label.model_version == model_version)
-                .order_by(Label.id.desc())
-                .limit(1)
-            ).first()
-            if latest is not None and latest.id != seen:
-                raise Conflict(LabelRecord.of(latest))
-            row = Label(
-                sha256=sha256,
-                model_version=model_version,
-                label=label,
-                note=note,
-                reviewer=reviewer.strip(),
-                created_at=datetime.now(timezone.utc),
-            )
-            s.add(row)
-            s.flush()
-            return LabelRecord.of(row)
+            for sha256, model_version in sorted(wanted):  # one lock order: two bulk writers cannot deadlock
+                if self.engine.dialect.name == "postgresql":  # also serialises the first label of a part
+                    s.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{sha256}/{model_version}"))))
+                latest = s.scalars(
+                    select(Label)
+                    .where(Label.sha256 == sha256, Label.model_version == model_version)
+                    .order_by(Label.id.desc())
+                    .limit(1)
+                ).first()
+                if latest is not None and latest.id != wanted[(sha256, model_version)]:
+                    out[(sha256, model_version)] = Conflict(LabelRecord.of(latest))
+                    continue
+                row = Label(
+                    sha256=sha256,
+                    model_version=model_version,
+                    label=label,
+                    note=note,
+                    reviewer=reviewer.strip(),
+                    created_at=now,
+                )
+                s.add(row)
+                s.flush()
+                out[(sha256, model_version)] = LabelRecord.of(row)
+        return out
 
     def history(self, sha256: str) -> list[LabelRecord]:
         """Every label of a part (all model versions), oldest first."""

@@ -78,6 +78,7 @@ class Results:
                 raise FileNotFoundError(f"{f}: no such folder; point --results at an `anomaflow inspect` output folder")
         self._stamp: tuple = ()
         self.frame = pd.DataFrame()
+        self._by_sha: dict[str, np.ndarray] = {}
         self.refresh()
 
     def _stamps(self) -> tuple:
@@ -105,16 +106,41 @@ class Results:
         df["score"] = pd.to_numeric(df["score"], errors="coerce")
         df["threshold"] = pd.to_numeric(df["threshold"], errors="coerce")
         self.frame = df.reset_index(drop=True)
+        # rows by sha256: every image request and every item of a bulk label looks one up
+        self._by_sha = self.frame.groupby("sha256", sort=False).indices if len(self.frame) else {}
         self._stamp = stamp
 
     # -- summaries ----------------------------------------------------------------------------
     def models(self) -> list[tuple[str, str]]:
-        return sorted(
-            {(r.model_name, r.model_version) for r in self.frame[["model_name", "model_version"]].itertuples()}
-        )
+        pairs = self.frame[["model_name", "model_version"]].drop_duplicates()
+        return sorted(zip(pairs["model_name"], pairs["model_version"]))
 
     def counts(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.frame["decision"].value_counts().items()}
+
+    def products(self) -> list[str]:
+        """The model names in the results: one per product when several products are served."""
+        return sorted(self.frame["model_name"].dropna().unique().tolist())
+
+    def product_summary(self, latest: dict[tuple[str, str], str]) -> list[dict]:
+        """Per product (model name): rows, rows per decision and per latest label, counted like
+        `counts` and `reviewed_counts` so the per-product tables add up to the overview's."""
+        df = self.frame
+        states = self.review_states(latest)
+        out = []
+        for name in self.products():
+            mine = df["model_name"] == name
+            reviewed = states[mine & (states != "")]
+            out.append(
+                {
+                    "name": name,
+                    "rows": int(mine.sum()),
+                    "counts": {k: int(v) for k, v in df.loc[mine, "decision"].value_counts().items()},
+                    "reviewed": int(len(reviewed)),
+                    "labels": {k: int(v) for k, v in reviewed.value_counts().items()},
+                }
+            )
+        return out
 
     def histogram(self, bins: int = 40) -> dict:
         scores = self.frame["score"].dropna().to_numpy()
@@ -149,7 +175,7 @@ class Results:
 
     # -- lookup and paging --------------------------------------------------------------------
     def rows_for(self, sha256: str) -> pd.DataFrame:
-        return self.frame[self.frame["sha256"] == sha256]
+        return self.frame.iloc[self._by_sha.get(sha256, [])]
 
     def image_file(self, sha256: str, kind: str) -> Path | None:
         """The review copy of a part, by content hash only: the request never names a path.
@@ -189,9 +215,11 @@ class Results:
         """Each row's latest label ('' when unreviewed), by (sha256, model_version): one rule for
         the overview's counts and the list's filters, so they agree."""
         df = self.frame if df is None else df
-        return pd.Series(
-            [latest.get(k, "") for k in zip(df["sha256"], df["model_version"])], index=df.index, dtype=object
-        )
+        if not latest or df.empty:
+            return pd.Series("", index=df.index, dtype=object)
+        flat = {f"{sha}/{version}": label for (sha, version), label in latest.items()}  # a sha256 has no "/"
+        keys = df["sha256"].astype(str) + "/" + df["model_version"].astype(str)
+        return keys.map(flat).fillna("").astype(object)
 
     def reviewed_counts(self, latest: dict[tuple[str, str], str]) -> dict[str, int]:
         """Rows per latest label, counted like `page(state=...)` counts them."""
@@ -204,13 +232,17 @@ class Results:
         *,
         decision: str = "",
         state: str = "",
+        product: str = "",
         sort: str = "score",
         descending: bool = True,
         page: int = 1,
         per_page: int = 50,
     ) -> Page:
-        """One page of rows with their review state (`latest`: (sha256, version) -> label)."""
+        """One page of rows with their review state (`latest`: (sha256, version) -> label);
+        `product`: only rows of that model name."""
         df = self.frame
+        if product:
+            df = df[df["model_name"] == product]
         if decision:
             df = df[df["decision"] == decision]
         review = self.review_states(latest, df)
