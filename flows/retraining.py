@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from anomaflow.flows.training import train_pipeline
 from anomaflow.model.config import TrainConfig
+from anomaflow.model.evaluation.feedback import ReviewCalibration
 from anomaflow.model.evaluation.promotion import GATE_BARS
-from anomaflow.tasks.feedback import curated_config
+from anomaflow.tasks.feedback import (
+    curated_config,
+    default_db,
+    field_of_version,
+    reviewed_operating_point,
+    reviewed_parts,
+    tag_threshold_source,
+)
 from anomaflow.tasks.promotion import decision_dict, evaluate_champion, gate
+
+
+def _trained_on(config: TrainConfig) -> list[str]:
+    """sha256s of the reviewed parts a curated copy added to the challenger's training set."""
+    info = Path(config.data_root or "") / config.category / "curation.json"
+    return [a["sha256"] for a in json.loads(info.read_text())["added"]] if info.is_file() else []
 
 
 @flow(name="scheduled-retraining", log_prints=True)
@@ -22,23 +38,58 @@ def scheduled_retraining(
     review_results: list[str] | None = None,
     review_db: str | None = None,
     curated_root: str | None = None,
+    min_reviewed: int = 5,
 ) -> dict[str, Any]:
     """The challenger becomes champion only if it meets min_bars and is at least as good as the
     champion on primary_metric, both measured on the gate part of the test split (a seeded
     partition, config.gate_fraction) the runs never report on; image_auroc is the AUROC of the score
-    the model decides with. Any error keeps the champion. review_results: reviewed inspection folders
-    whose false alarms join train/good of a curated copy of the data (under curated_root, default
-    <data_root>-curated; curation.json lists each addition), which the challenger trains on."""
+    the model decides with. Any error keeps the champion.
+
+    review_results: reviewed inspection folders. Their false alarms join train/good of a curated
+    copy of the data (under curated_root, default <data_root>-curated; curation.json lists each
+    addition), which the challenger trains on. Their other reviewed parts (defect, missed, good;
+    not the ones trained on) calibrate the challenger beside its held-out normals: its threshold is
+    lowered, if need be, to reach the champion's operating point on the reviewed defects (the target
+    recall its threshold was set for, else its field recall: a reviewed recalibration survives),
+    and its FPR estimate is never below its field FPR on the reviewed good parts
+    (model.evaluation.feedback.calibrate_with_reviews; each needs min_reviewed of its kind). With
+    min_reviewed of both, the gate also requires field precision and recall on those parts,
+    each model at its own threshold, not below the champion's (minus tolerance)."""
     if config.gate_fraction <= 0:
         raise ValueError(
             "the promotion gate needs a gate part of the test split: set config.gate_fraction > 0 (default 0.3)"
         )
+    reviewed = champion_field = None
     if review_results:
-        config = curated_config(config, list(review_results), review_db, curated_root)
+        db = review_db or default_db(list(review_results))
+        config = curated_config(config, list(review_results), db, curated_root)
     champion_version, champion_metrics = evaluate_champion(config)
-    challenger = train_pipeline(config, first_champion=False)
+    if review_results:
+        parts = reviewed_parts(list(review_results), db, config.model_name, _trained_on(config))
+        target, why = None, "no champion"
+        if champion_version is not None and parts:
+            champion_field = field_of_version(config.model_name, champion_version, parts)
+            target, why = reviewed_operating_point(config.model_name, champion_version, champion_field)
+        reviewed = ReviewCalibration(parts, target, min_reviewed, why)
+        enough = champion_field is not None and min(champion_field["defects"], champion_field["goods"]) >= min_reviewed
+        if champion_field is not None and not enough:
+            print(
+                f"field comparison left out of the gate: {champion_field['defects']} reviewed defects and "
+                f"{champion_field['goods']} good, fewer than min_reviewed={min_reviewed} of each"
+            )
+            champion_field = None
+    challenger = train_pipeline(config, first_champion=False, reviewed=reviewed)
+    if reviewed is not None:
+        tag_threshold_source(config.model_name, challenger["model_version"], challenger)
     decision = gate(
-        config.model_name, challenger, champion_version, champion_metrics, primary_metric, dict(min_bars), tolerance
+        config.model_name,
+        challenger,
+        champion_version,
+        champion_metrics,
+        primary_metric,
+        dict(min_bars),
+        tolerance,
+        champion_field,
     )
     return {
         "challenger_version": challenger["model_version"],

@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from anomaflow.model.config import TrainConfig
+from anomaflow.model.evaluation.feedback import ReviewCalibration
 from anomaflow.tasks import tracking
 from anomaflow.tasks.calibration import calibrate_threshold
 from anomaflow.tasks.evaluation import evaluate
@@ -33,15 +34,20 @@ def train_pipeline(
     output_dir: str | None = None,
     register_model: bool = True,
     first_champion: bool = True,
+    parent_run_id: str | None = None,
+    reviewed: ReviewCalibration | None = None,
 ) -> dict[str, Any]:
     """Train, calibrate and evaluate one detector; log it to MLflow and register it. output_dir: also
     write metrics.json, figures and the model there (the CLI's --output). register_model=False logs
-    the run without a model version; first_champion=False leaves `champion` to a promotion gate."""
+    the run without a model version; first_champion=False leaves `champion` to a promotion gate;
+    parent_run_id: the MLflow run this one is a child of (a fleet run: one child per product);
+    reviewed: reviewed parts the threshold also follows (a retraining with reviews: see
+    model.evaluation.feedback.calibrate_with_reviews), applied before the model is logged."""
     with tempfile.TemporaryDirectory(prefix="anomaflow-") as tmp:
         work = Path(output_dir) if output_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         validated = validate_dataset(config, work)
-        tags, dataset_input = run_tags(config, validated.dataset, str(flow_run.id))
+        tags, dataset_input = run_tags(config, validated.dataset, str(flow_run.id), parent_run_id)
         params = config.params() if config.detector != "auto" else {}
         run_id = start_run_task(config.experiment, config.mlflow_run_name, tags, params, dataset_input)
         try:
@@ -50,7 +56,9 @@ def train_pipeline(
             fitted = fit_detector(config, arrays, validated.dataset, screened, run_id)
             config, arrays, trained = fitted.config, fitted.arrays, fitted.trained
             holdout, _ = score_images(trained.detector, arrays.holdout, "held-out normal", arrays.holdout_valid)
-            thresholds = calibrate_threshold(trained.detector, config, holdout, fitted.synthetic.defect_scores, arrays)
+            thresholds = calibrate_threshold(
+                trained.detector, config, holdout, fitted.synthetic.defect_scores, arrays, reviewed
+            )
             test, rate = score_images(trained.detector, arrays.test, "test", arrays.test_valid)
             evaluated = evaluate(trained.detector, arrays, test, config.score_method, work, config.gate_fraction)
             outcome = TrainingOutcome(validated, screened, fitted, thresholds, rate, evaluated, tags)

@@ -145,6 +145,42 @@ def publish_recalibration(
     )
 
 
+class Originals:
+    """The original images of inspected parts, found through each results folder's inputs.json
+    (the folders the inspection read): an original that is gone, or whose content is no longer
+    the sha256 that was reviewed, is not found, with why."""
+
+    def __init__(self, results) -> None:  # model.operations.results.Results
+        self.results = results
+        self._inputs: dict[int, list[str]] = {}
+
+    def inputs(self, folder: int) -> list[str]:
+        import json
+
+        from anomaflow.model.operations.inspection import INPUTS_FILE
+
+        if folder not in self._inputs:
+            path = self.results.folders[folder] / INPUTS_FILE
+            self._inputs[folder] = json.loads(path.read_text()) if path.is_file() else []
+        return self._inputs[folder]
+
+    def find(self, row: Any) -> tuple[Path | None, str]:
+        """(the original of a results row, '') or (None, why it is not used)."""
+        from anomaflow.model.operations.inspection import read_hashed
+
+        inputs = self.inputs(int(row.folder))
+        source = next((Path(d) / row.path for d in inputs if (Path(d) / row.path).is_file()), None)
+        if source is None:
+            return None, f"its original is no longer under {inputs or 'an unknown input folder'}"
+        try:
+            sha, _ = read_hashed(source)
+        except OSError as exc:
+            return None, f"cannot read {source} ({exc.strerror or exc})"
+        if sha != row.sha256:
+            return None, f"{source}: content changed since it was reviewed"
+        return source, ""
+
+
 @task(name="curate_reviewed_normals", cache_policy=NO_CACHE)
 def curate_reviewed_normals(
     results_dirs: list[str], db_url: str, model_name: str, data_root: str, category: str, curated_root: str
@@ -156,12 +192,12 @@ def curate_reviewed_normals(
     import json
 
     from anomaflow.model.data.curation import Addition, curate
-    from anomaflow.model.operations.inspection import INPUTS_FILE
     from anomaflow.model.operations.results import Results
     from anomaflow.tasks.labels import LabelStore
 
     log = get_run_logger()
     results = Results(results_dirs)
+    originals = Originals(results)
     latest = LabelStore(db_url).latest()
     additions, missing = [], 0
     df = results.frame[
@@ -171,17 +207,10 @@ def curate_reviewed_normals(
         lab = latest.get((row.sha256, row.model_version))
         if lab is None or lab.label != "good":
             continue
-        inputs_file = results.folders[int(row.folder)] / INPUTS_FILE
-        inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else []
-        source = next((Path(d) / row.path for d in inputs if (Path(d) / row.path).is_file()), None)
+        source, why = originals.find(row)
         if source is None:
             missing += 1
-            log.warning(
-                "false alarm %s (%s) not added: its original is no longer under %s",
-                row.path,
-                row.sha256[:12],
-                inputs or "an unknown input folder",
-            )
+            log.warning("false alarm %s (%s) not added: %s", row.path, row.sha256[:12], why)
             continue
         additions.append(
             Addition(
@@ -206,6 +235,134 @@ def curate_reviewed_normals(
         missing,
     )
     return str(Path(curated_root)), len(info["added"])
+
+
+@task(name="reviewed_parts", cache_policy=NO_CACHE)
+def reviewed_parts(
+    results_dirs: list[str], db_url: str, model_name: str, leave_out: list[str] | None = None
+) -> list[feedback.ReviewedPart]:
+    """Every part of model_name's rows in the folders with a definite latest label (defect and
+    missed: defect, good: good; unsure left out), once per content: the newest label wins when the
+    part was reviewed under several versions. Originals are found as for curation (gone or changed:
+    skipped with a warning). leave_out: sha256s the challenger trains on (a model is not judged on
+    its own training images)."""
+    from anomaflow.model.operations.results import Results
+    from anomaflow.tasks.labels import LabelStore
+
+    log = get_run_logger()
+    results = Results(results_dirs)
+    originals = Originals(results)
+    latest = LabelStore(db_url).latest()
+    skip = set(leave_out or ())
+    df = results.frame[(results.frame["model_name"] == model_name) & (results.frame["decision"] != "ERROR")]
+    newest: dict[str, tuple[Any, Any]] = {}
+    for row in df.itertuples():
+        lab = latest.get((row.sha256, str(row.model_version)))
+        if lab is None or lab.label not in feedback.TRUTH or row.sha256 in skip:
+            continue
+        if row.sha256 not in newest or lab.created_at > newest[row.sha256][1].created_at:
+            newest[row.sha256] = (row, lab)
+    parts, missing = [], 0
+    for sha, (row, lab) in newest.items():
+        source, why = originals.find(row)
+        if source is None:
+            missing += 1
+            log.warning("reviewed part %s (%s) left out: %s", row.path, sha[:12], why)
+            continue
+        parts.append(feedback.ReviewedPart(str(source), sha, feedback.TRUTH[lab.label]))
+    log.info(
+        "%s: %d reviewed parts for calibration (%d defects, %d good; %d not found, %d trained on)",
+        model_name,
+        len(parts),
+        sum(p.truth for p in parts),
+        sum(1 - p.truth for p in parts),
+        missing,
+        len(skip & {s for s in df["sha256"]}),
+    )
+    return parts
+
+
+def score_parts(detector: Any, parts: list[feedback.ReviewedPart], batch_size: int = 16) -> feedback.Reviewed:
+    """The reviewed parts as this detector scores them: decoded and framed by its own preprocessing
+    through the inspection's scoring step (train = inspect = serve). A part whose file no longer has
+    the reviewed content, or that fails to decode, is left out with a warning."""
+    import tempfile
+
+    from anomaflow.model.operations.inspection import batches, read_item, score_items
+
+    log = get_run_logger()
+    scores: list[float | None] = []
+    truth: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="anomaflow-reviewed-") as tmp:
+        for chunk in batches(parts, batch_size):
+            items = [read_item(Path(p.path), Path(p.path).parent) for p in chunk]
+            rows = score_items(
+                detector,
+                items,
+                Path(tmp),
+                threshold=float(detector.threshold or 0.0),
+                model_name="",
+                model_version="",
+                write_figures=False,
+            )
+            by_sha = {r.sha256: r for r in rows}
+            for p, item in zip(chunk, items):
+                row = by_sha.get(item.sha256)
+                if item.sha256 != p.sha256 or row is None or row.score is None:
+                    why = row.error if row is not None and row.error else "content changed since it was reviewed"
+                    log.warning("reviewed part %s left out: %s", p.path, why)
+                    continue
+                scores.append(row.score)
+                truth.append(p.truth)
+    return feedback.reviewed_truth(scores, truth)
+
+
+@task(name="field_of_version", cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def field_of_version(model_name: str, version: str, parts: list[feedback.ReviewedPart]) -> dict[str, float]:
+    """Field precision / recall / FPR of a registered version on the reviewed parts, scored by it at
+    its own threshold (and the counts they rest on)."""
+    tracking.configure()
+    det = tracking.load_registered_detector(model_name, version)
+    r = score_parts(det, parts)
+    field = feedback.at_threshold(r, float(det.threshold))
+    field.update(defects=r.defects, goods=r.goods)
+    get_run_logger().info(
+        "%s v%s on %d reviewed parts at threshold %.6g: precision %.3f, recall %.3f",
+        model_name,
+        version,
+        len(r.scores),
+        field["threshold"],
+        field["precision"],
+        field["recall"],
+    )
+    return field
+
+
+@task(name="reviewed_operating_point", cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def reviewed_operating_point(model_name: str, version: str, field: dict[str, float]) -> tuple[float | None, str]:
+    """(target recall, where it came from) a challenger keeps: the target recall the version's
+    threshold was set for (its `anomaflow.threshold_source` tag: a recalibration or an earlier
+    retraining with reviews), else its field recall on the reviewed parts. The tag wins: it is the
+    operating point reviewers chose, and it does not drift with runtime or batch differences of
+    the re-scoring."""
+    from mlflow import MlflowClient
+
+    tracking.configure()
+    with tracking.unreachable_as_error(f"reading the tags of model {model_name!r} version {version}"):
+        source = MlflowClient().get_model_version(model_name, version).tags.get("anomaflow.threshold_source", "")
+    tagged = feedback.target_recall_of(source)
+    if tagged is not None:
+        return tagged, f"the target recall of champion v{version}"
+    return field["recall"], f"the field recall of champion v{version}"
+
+
+@task(name="tag_threshold_source", cache_policy=NO_CACHE, **TRACKING_RETRIES)
+def tag_threshold_source(model_name: str, version: str, challenger: dict[str, Any]) -> None:
+    """Say on the challenger's version where its threshold came from (as a recalibrated version does)."""
+    tags = {"anomaflow.threshold_source": str(challenger.get("threshold_source", ""))}
+    if "threshold_heldout" in challenger:
+        tags["anomaflow.threshold_heldout"] = f"{float(challenger['threshold_heldout']):.8g}"
+    tracking.tag_version(model_name, version, tags)
 
 
 def curated_config(

@@ -48,8 +48,12 @@ def decide(
     primary_metric: str,
     min_bars: dict[str, float],
     tolerance: float,
+    challenger_field: dict[str, float] | None = None,
+    champion_field: dict[str, float] | None = None,
 ) -> PromotionDecision:
-    decision = decide_promotion(challenger, champion, primary_metric, min_bars, tolerance)
+    decision = decide_promotion(
+        challenger, champion, primary_metric, min_bars, tolerance, challenger_field, champion_field
+    )
     get_run_logger().info("promotion: %s (%s)", decision.promote, decision.reason)
     return decision
 
@@ -77,6 +81,8 @@ def apply_promotion(
         "anomaflow.promotion.champion_version": champion_version or "none",
         "anomaflow.promotion.evaluation_split": GATE_SPLIT,
     }
+    if decision is not None:
+        tags.update({f"anomaflow.promotion.{k}": f"{v:.4f}" for k, v in decision.field_metrics.items()})
     tracking.tag_run(run_id, tags)
     tracking.tag_version(model_name, challenger_version, tags)
 
@@ -106,6 +112,16 @@ def publish_promotion(
             f"- {decision.primary_metric}: challenger {decision.challenger_score}, champion {decision.champion_score}",
             f"- reason: {decision.reason}",
         ]
+        fm = decision.field_metrics
+        if fm:
+            lines.append(
+                "- on the reviewed parts (each model at its own threshold): "
+                + ", ".join(
+                    f"field {k} challenger {fm.get('challenger_field_' + k, float('nan')):.4f}, "
+                    f"champion {fm.get('champion_field_' + k, float('nan')):.4f}"
+                    for k in ("precision", "recall")
+                )
+            )
     if error:
         lines.append(f"- error: {error}")
     create_markdown_artifact(
@@ -130,13 +146,33 @@ def gate(
     primary_metric: str,
     min_bars: dict[str, float],
     tolerance: float,
+    champion_field: dict[str, float] | None = None,
 ) -> PromotionDecision:
     """Decide, apply and publish the promotion; fail-closed: any error is recorded on the run and
-    the version, the champion stays, and the error is raised."""
+    the version, the champion stays, and the error is raised. champion_field: the champion's field
+    precision/recall on reviewed parts the challenger was calibrated on (its own are in
+    challenger_run as field_*_reviewed); both must then also hold (decide_promotion)."""
     version, run_id = challenger_run["model_version"], challenger_run["mlflow_run_id"]
     decision = None
+    challenger_field = (
+        {
+            k: challenger_run[f"field_{k}_reviewed"]
+            for k in ("precision", "recall")
+            if f"field_{k}_reviewed" in challenger_run
+        }
+        if champion_field is not None
+        else None
+    )
     try:
-        decision = decide(challenger_gate_metrics(challenger_run), champion, primary_metric, min_bars, tolerance)
+        decision = decide(
+            challenger_gate_metrics(challenger_run),
+            champion,
+            primary_metric,
+            min_bars,
+            tolerance,
+            challenger_field,
+            champion_field,
+        )
         apply_promotion(model_name, version, champion_version, run_id, decision)
     except Exception as exc:
         apply_promotion(model_name, version, champion_version, run_id, None, error=f"{type(exc).__name__}: {exc}")

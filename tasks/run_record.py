@@ -19,8 +19,11 @@ from anomaflow.tasks.training import Fitted, TrainedModel
 from anomaflow.tasks.validation import ValidatedData
 
 
-def run_tags(config: TrainConfig, ds: data.Dataset, flow_run_id: str) -> tuple[dict[str, str], tuple[str, str, Path]]:
-    """(provenance tags of the run, its MLflow dataset input: name, digest, source)."""
+def run_tags(
+    config: TrainConfig, ds: data.Dataset, flow_run_id: str, parent_run_id: str | None = None
+) -> tuple[dict[str, str], tuple[str, str, Path]]:
+    """(provenance tags of the run, its MLflow dataset input: name, digest, source); a parent run
+    id nests the run under it in the MLflow UI."""
     fingerprint = provenance.data_fingerprint([*ds.train, *ds.test], ds.root)
     tags = {
         "anomaflow.git_commit": provenance.git_commit(),
@@ -30,6 +33,8 @@ def run_tags(config: TrainConfig, ds: data.Dataset, flow_run_id: str) -> tuple[d
         "anomaflow.category": ds.category,
         "prefect.flow_run_id": flow_run_id,
     }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     return tags, (ds.category, fingerprint, ds.root / ds.category)
 
 
@@ -104,6 +109,8 @@ class TrainingOutcome:
             tags["anomaflow.warning"] = self.warning
         if self.validated.curation:
             tags["anomaflow.curation"] = self.validated.curation
+        if self.thresholds.get("threshold_source"):
+            tags["anomaflow.threshold_source"] = str(self.thresholds["threshold_source"])
         if screened:
             tags["anomaflow.train_suspects"] = screened.summary()[:5000]
         return tags
@@ -113,6 +120,7 @@ class TrainingOutcome:
         out = {**record.metrics, "mlflow_run_id": run_id}
         if registration is not None:
             out["model_version"] = registration.version
+            out["model_aliases"] = list(registration.aliases)
         return out
 
     def write(self, work: Path) -> tracking.RunRecord:

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from anomaflow.model.data.curation import Addition, curate, curation_summary
-from anomaflow.model.evaluation.feedback import at_threshold, propose, reviewed, threshold_table
+from anomaflow.model.evaluation.feedback import (
+    at_threshold,
+    calibrate_with_reviews,
+    propose,
+    reviewed,
+    reviewed_truth,
+    target_recall_of,
+    threshold_source,
+    threshold_table,
+)
 
 
 def test_labels_become_truth_and_unsure_is_left_out():
@@ -71,3 +80,53 @@ def test_curation_copies_the_dataset_adds_with_provenance_and_refuses_changed_co
     info = json.loads((dest / "curation.json").read_text())
     assert info["added"] == [] and "test image test/good/000.png" in info["refused"][0]["reason"]
     assert "1 refused (already in the test split)" in curation_summary(dest)
+
+
+HELDOUT = np.linspace(0.0, 1.0, 21)  # t0 = 0.975 leaves one of 21 held-out normals above
+
+
+def test_reviewed_defects_lower_the_threshold_to_the_reviewed_recall_and_never_raise_it():
+    r = reviewed_truth([0.5, 0.7, 1.2, 1.5, 2.0, 0.2, 0.3, 0.6, 0.9, 1.1], [1] * 5 + [0] * 5)
+    out = calibrate_with_reviews(0.975, HELDOUT, r, target_recall=1.0, min_reviewed=5, target_from="champion v3")
+    assert 0.4999 < out["threshold"] < 0.5  # just below the lowest reviewed defect
+    assert out["field_recall_reviewed"] == 1.0 and out["threshold_heldout"] == 0.975
+    assert "target recall 1 (champion v3): lowered from 0.975" in out["threshold_source"]
+    assert out["heldout_fpr"] == pytest.approx(np.mean(HELDOUT > out["threshold"]))  # at the final threshold
+    kept = calibrate_with_reviews(0.975, HELDOUT, r, target_recall=0.6, min_reviewed=5)
+    assert kept["threshold"] == 0.975 and "already reaches" in kept["threshold_source"]  # 3 of 5 above t0
+    low = calibrate_with_reviews(0.1, HELDOUT, r, target_recall=0.2, min_reviewed=5)
+    assert low["threshold"] == 0.1  # reviews never raise the held-out threshold
+    assert calibrate_with_reviews(0.975, HELDOUT, r, None)["threshold"] == 0.975
+
+
+def test_reviewed_goods_raise_the_fpr_estimate_never_lower_it():
+    defects = [2.0] * 5
+    flagged = reviewed_truth([*defects, 1.2, 1.3, 1.4, 0.1, 0.2], [1] * 5 + [0] * 5)  # 3 of 5 goods above t0
+    out = calibrate_with_reviews(0.975, HELDOUT, flagged, target_recall=1.0)
+    assert out["field_fpr_reviewed"] == pytest.approx(0.6) and out["heldout_fpr"] == pytest.approx(1 / 21)
+    assert out["fpr_estimate_with_reviews"] == pytest.approx(0.6)
+    quiet = reviewed_truth([*defects, 0.1, 0.1, 0.2, 0.2, 0.3], [1] * 5 + [0] * 5)  # no reviewed false alarm
+    out = calibrate_with_reviews(0.975, HELDOUT, quiet, target_recall=1.0)
+    assert out["field_fpr_reviewed"] == 0.0 and out["fpr_estimate_with_reviews"] == pytest.approx(1 / 21)
+
+
+def test_too_few_reviews_keep_the_heldout_threshold_and_estimate():
+    r = reviewed_truth([0.5, 0.6, 1.5, 1.6], [1, 1, 0, 0])  # 2 defects below t0, 2 false alarms
+    out = calibrate_with_reviews(0.975, HELDOUT, r, target_recall=1.0, min_reviewed=5)
+    assert out["threshold"] == 0.975 and "2 reviewed defects, fewer than the 5" in out["threshold_source"]
+    assert out["field_fpr_reviewed"] == 1.0 and out["fpr_estimate_with_reviews"] == out["heldout_fpr"]
+    moved = calibrate_with_reviews(0.975, HELDOUT, r, target_recall=1.0, min_reviewed=2)
+    assert moved["threshold"] < 0.5 and moved["fpr_estimate_with_reviews"] == 1.0
+
+
+def test_cuts_leave_a_margin_for_re_scoring_and_the_target_recall_is_read_back_from_the_source():
+    r = reviewed_truth([1.0, 0.5, 0.1], [1, 1, 0])
+    p = propose(r, target_recall=1.0)
+    assert p["threshold"] == pytest.approx(0.5 * (1 - 1e-4)) and p["recall"] == 1.0
+    assert 0.49997 > p["threshold"]  # the same part scored again by another runtime stays a DEFECT
+    close = propose(reviewed_truth([1.0, 0.5, 0.49999], [1, 1, 0]), target_recall=1.0)
+    assert 0.49999 < close["threshold"] < 0.5 and close["fp"] == 0  # never down to the next lower score
+    assert target_recall_of(threshold_source(r, 1.0, None)) == 1.0
+    source = "reviewed labels (9 defects, 4 good), target recall 0.888889 (champion v2): lowered from 0.55"
+    assert target_recall_of(source) == 0.888889
+    assert target_recall_of(threshold_source(r, None, 0.05)) is None and target_recall_of("") is None

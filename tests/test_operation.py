@@ -282,3 +282,65 @@ def test_retraining_adds_reviewed_false_alarms_to_a_curated_copy(registered, dem
         run.data.tags["anomaflow.data_fingerprint"]
         != MlflowClient().get_run(registered["mlflow_run_id"]).data.tags["anomaflow.data_fingerprint"]
     )
+
+
+def _inspect_and_review_demo_test_parts(demo_root, tmp_path):
+    """The demo test parts inspected by the champion and every verdict reviewed by its true label."""
+    from anomaflow.tasks.labels import LabelStore
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    truth = {}
+    for p in sorted((demo_root / "demo" / "test").rglob("*.png")):
+        name = f"{p.parent.name}_{p.name}"
+        (inbox / name).write_bytes(p.read_bytes())
+        truth[name] = p.parent.name != "good"
+    batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name=NAME)
+    store = LabelStore(f"sqlite:///{out / 'review.sqlite'}")
+    for r in inspection.read_results(out / "results.csv"):
+        defect, flagged = truth[r["path"]], r["decision"] == "DEFECT"
+        store.add(r["sha256"], r["model_version"], ("defect" if flagged else "missed") if defect else "good", "qa")
+    return inbox, out, truth
+
+
+def test_a_recalibrated_threshold_survives_the_next_promotion(registered, demo_root, tmp_path):
+    """Recalibrate the champion for field recall 1.0 on reviewed parts, then retrain with those
+    reviews: the challenger's registered threshold also catches every reviewed defect (as the
+    challenger scores them), its FPR estimate is not below its field FPR on the reviewed good
+    parts, and the gate compared field precision/recall of both on the same parts."""
+    from anomaflow.flows.recalibration import recalibrate
+
+    inbox, out, truth = _inspect_and_review_demo_test_parts(demo_root, tmp_path)
+    client = MlflowClient()
+    rec = recalibrate(results_dirs=[str(out)], model_name=NAME, target_recall=1.0, apply=True, min_reviewed=3)
+    if not rec["promoted"]:  # the recalibration gate may refuse (lower field F1): make it champion by hand
+        client.set_registered_model_alias(NAME, "champion", rec["new_version"])
+    champion = rec["new_version"]
+    result = scheduled_retraining(
+        ops_config(demo_root, seed=6),
+        min_bars={},
+        review_results=[str(out)],
+        curated_root=str(tmp_path / "curated"),
+        min_reviewed=3,
+    )
+    assert result["champion_version_before"] == champion
+    version = client.get_model_version(NAME, result["challenger_version"])
+    metrics = client.get_run(version.run_id).data.metrics
+    assert metrics["reviewed_defects"] == sum(truth.values()) and metrics["field_recall_reviewed"] == 1.0
+    assert metrics["threshold"] <= metrics["threshold_heldout"]
+    assert metrics["fpr_estimate_with_reviews"] >= max(metrics["field_fpr_reviewed"], metrics["heldout_fpr"])
+    assert version.tags["anomaflow.threshold_source"].startswith(
+        ("reviewed labels", "held-out normals (its field recall already reaches")
+    )
+    # The registered challenger, inspecting the same parts, flags every defect.
+    again = tmp_path / "again"
+    batch_inspection(input_dir=str(inbox), output_dir=str(again), model_name=NAME, alias="challenger")
+    rows = inspection.read_results(again / "results.csv")
+    assert {r["model_version"] for r in rows} == {result["challenger_version"]}
+    assert all(r["decision"] == "DEFECT" for r in rows if truth[r["path"]])
+    field = result["decision"]["field_metrics"]
+    assert field["challenger_field_recall"] == 1.0 and 0.0 <= field["champion_field_recall"] <= 1.0
+    assert field["challenger_field_precision"] == pytest.approx(metrics["field_precision_reviewed"])
+    assert version.tags["anomaflow.promotion.champion_field_precision"] == f"{field['champion_field_precision']:.4f}"
+    if not result["promoted"]:
+        assert "field precision" in result["decision"]["reason"] or "< champion" in result["decision"]["reason"]

@@ -9,6 +9,7 @@ and field recall only counts the misses someone found. The counts are always rep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,11 +60,29 @@ def at_threshold(r: Reviewed, threshold: float) -> dict[str, float]:
     }
 
 
+# Relative: inspection may score with onnxruntime or OpenVINO, within 1e-4 of torch's scores
+# (tests/test_export.py), and results.csv keeps 8 significant digits.
+CUT_MARGIN = 1e-4
+
+
+def _cuts(scores: np.ndarray) -> list[float]:
+    """A threshold just below each distinct score, so that part counts as DEFECT: CUT_MARGIN below
+    it (never down to the next lower score), not the next float, so that the same part scored again
+    by the same weights (another runtime, another batch, or read back from results.csv) stays above."""
+    distinct = np.unique(scores)[::-1]
+    out = []
+    for i, s in enumerate(distinct):
+        cut = float(s - CUT_MARGIN * max(abs(float(s)), 1e-12))
+        if i + 1 < len(distinct):
+            cut = max(cut, float((s + distinct[i + 1]) / 2))
+        out.append(min(cut, float(np.nextafter(s, -np.inf))))
+    return out
+
+
 def threshold_table(r: Reviewed) -> list[dict[str, float]]:
     """The precision/recall table over every threshold that changes a reviewed decision: just below
-    each reviewed score (so that part counts as DEFECT), highest first."""
-    cuts = sorted({float(np.nextafter(s, -np.inf)) for s in r.scores}, reverse=True)
-    return [at_threshold(r, t) for t in cuts]
+    each reviewed score (_cuts), highest first."""
+    return [at_threshold(r, t) for t in _cuts(r.scores)]
 
 
 def propose(r: Reviewed, target_recall: float | None = None, target_fpr: float | None = None) -> dict[str, float]:
@@ -113,3 +132,99 @@ def threshold_source(r: Reviewed, target_recall: float | None, target_fpr: float
     """Why a recalibrated version has its threshold (tagged on the version)."""
     target = f"target recall {target_recall}" if target_recall is not None else f"target FPR {target_fpr}"
     return f"reviewed labels ({r.defects} defects, {r.goods} good), {target}"
+
+
+@dataclass
+class ReviewedPart:
+    """One reviewed part a retraining calibrates on: its original image and what reviewers said."""
+
+    path: str  # the original file, found through the inspection folder's inputs.json
+    sha256: str  # the content that was reviewed
+    truth: int  # 1 defect, 0 good
+
+
+@dataclass
+class ReviewCalibration:
+    """What a challenger's threshold is calibrated on beside its held-out normals.
+
+    target_recall: the reviewed operating point (the champion's field recall on these parts), None
+    when there is none; min_reviewed: how many reviewed defects (goods) it takes before they move
+    the threshold (the FPR estimate)."""
+
+    parts: list[ReviewedPart]
+    target_recall: float | None = None
+    min_reviewed: int = 5
+    target_from: str = ""  # where target_recall came from, for the threshold's source
+
+
+def target_recall_of(source: str) -> float | None:
+    """The target recall a version's threshold_source names (a recalibration or a retraining with
+    reviews set it), None when its threshold was not set for a recall."""
+    import re
+
+    m = re.search(r"target recall (\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)", source or "")
+    return float(m.group(1)) if m else None
+
+
+def reviewed_truth(scores: list[float | None], truth: list[int]) -> Reviewed:
+    """Reviewed parts from scores and truths (1 defect, 0 good); unscored parts left out."""
+    return reviewed(scores, ["defect" if t else "good" for t in truth])
+
+
+def calibrate_with_reviews(
+    heldout_threshold: float,
+    heldout_normals: np.ndarray,
+    r: Reviewed,
+    target_recall: float | None,
+    min_reviewed: int = 5,
+    target_from: str = "",
+    synthetic_scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """A challenger's threshold from its held-out threshold t0 and the reviewed parts it scored.
+
+    Reviewed defects set the operating point: with at least min_reviewed of them and a target
+    recall, the threshold is the highest one whose field recall on them reaches the target (propose),
+    if that is below t0; the held-out calibration is never raised by reviews, so a recalibration that
+    lowered the champion's threshold survives the next promotion. Reviewed good parts bound the FPR
+    estimate from below: with at least min_reviewed of them, fpr_estimate_with_reviews is
+    max(held-out FPR, field FPR on them) at the final threshold, never less than the reviews show
+    (they are mostly parts a reviewer looked at because they were flagged, so this errs high).
+    Fewer reviews than the minimum keep t0 (or the held-out estimate), and threshold_source says why.
+    The held-out FPR, its interval, the tail and synthetic-recall estimates are those at the final
+    threshold."""
+    from anomaflow.model.evaluation import calibration
+
+    t0, floor = float(heldout_threshold), max(int(min_reviewed), 1)
+    threshold = t0
+    if target_recall is None or not np.isfinite(target_recall):
+        source = "held-out normals (no reviewed operating point to keep)"
+    elif r.defects < floor:
+        source = f"held-out normals ({r.defects} reviewed defects, fewer than the {floor} it takes to move it)"
+    else:
+        why = f"target recall {target_recall:g}" + (f" ({target_from})" if target_from else "")
+        if at_threshold(r, t0)["recall"] >= target_recall:
+            source = f"held-out normals (its field recall already reaches the {why})"
+        else:
+            threshold = float(propose(r, target_recall=float(target_recall))["threshold"])
+            source = f"reviewed labels ({r.defects} defects, {r.goods} good), {why}: lowered from {t0:.6g}"
+    field = at_threshold(r, threshold)
+    out: dict[str, Any] = {
+        "threshold": threshold,
+        "threshold_heldout": t0,
+        "threshold_source": source,
+        **calibration.fpr_estimate(heldout_normals, threshold),
+        "reviewed_defects": float(r.defects),
+        "reviewed_good": float(r.goods),
+        "field_precision_reviewed": field["precision"],
+        "field_recall_reviewed": field["recall"],
+        "field_fpr_reviewed": field["fpr"],
+    }
+    combined = out["heldout_fpr"]
+    if r.goods >= floor:
+        combined = max(combined, field["fpr"])
+    out["fpr_estimate_with_reviews"] = combined
+    if len(heldout_normals) >= calibration.TAIL_MIN_NORMALS:
+        out["tail_fpr_estimate"] = calibration.tail_exceedance(heldout_normals, threshold)
+    if synthetic_scores is not None and len(synthetic_scores):
+        out["syn_recall_estimate"] = float(np.mean(np.asarray(synthetic_scores) > threshold))
+    return out
