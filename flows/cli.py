@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from anomaflow.model.config import FAMILIES, Flag, TrainConfig
+from anomaflow.model.config import FAMILIES, FLEET, Flag, TrainConfig
 
 
 def config_flags(model: type[BaseModel] = TrainConfig, section: str | None = None) -> Iterator[tuple]:
@@ -59,6 +59,18 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
             seen.add(flag.name)
             p.add_argument(flag.name, **_argument(name, flag, info))
     p.add_argument("--no-register", action="store_true", help="log the MLflow run but register no model version")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="with --category all: products trained at once (default: as many as the cores hold at --threads each)",
+    )
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        default=None,
+        help="with --category all: train the products on this Dask scheduler (default $ANOMAFLOW_DASK_ADDRESS)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -120,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from anomaflow.flows.training import train_pipeline
 
     config = config_from_args(args)
+    if config.category == FLEET:
+        return train_fleet(config, args)
     t0 = time.perf_counter()
     metrics = train_pipeline(config, output_dir=str(args.output), register_model=not args.no_register)
     print(f"done in {time.perf_counter() - t0:.1f}s: " + closing_line(config, metrics) + f"; output {args.output}")
@@ -130,10 +144,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def fleet_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """The fleet summary as aligned text: one line per product, failures with their error."""
+    cells = [[str(c) for c in columns]] + [["-" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines += [f"{r['product']}: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join(lines)
+
+
+def _fleet_done(state: Any, what: str, t0: float, columns: Sequence[str]) -> int:
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):  # the fleet itself failed (no product ran)
+        raise result
+    print(fleet_table(result["products"], columns))
+    failed = result["failed"]
+    ok = len(result["products"]) - len(failed)
+    print(f"{what} in {time.perf_counter() - t0:.1f}s: {ok} product(s) ok, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def train_fleet(config: TrainConfig, args: argparse.Namespace) -> int:
+    """`--category all`: every category of --data ROOT, OUTPUT/<category>/ each, OUTPUT/fleet.json."""
+    from anomaflow.flows.fleet import fleet_training
+    from anomaflow.tasks.fleet import fleet_categories
+
+    fleet_categories(config.data_root)  # no root or no categories: fails before a server starts
+    t0 = time.perf_counter()
+    state = fleet_training(
+        config,
+        output_dir=str(args.output),
+        register_model=not args.no_register,
+        concurrency=args.concurrency,
+        dask_address=args.dask,
+        return_state=True,
+    )
+    columns = ("product", "status", "detector", "image_auroc", "pixel_auroc", "recall", "fpr", "version", "promoted")
+    return _fleet_done(state, f"fleet trained; summary {args.output / 'fleet.json'}", t0, columns)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from anomaflow.model.data.datasets import IMAGE_EXTENSIONS
     from anomaflow.model.operations.inspection import list_inbox
 
+    if args.model == FLEET:
+        return inspect_fleet(args)
     if not list_inbox(args.input):  # before Prefect, MLflow or a temporary server start: a typo fails in a second
         raise FileNotFoundError(
             f"{args.input}: no images ({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}) in the folder"
@@ -265,6 +320,24 @@ def cmd_recalibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def inspect_fleet(args: argparse.Namespace) -> int:
+    """`--model all`: INPUT/<category>/ with anomaflow-<category> into OUTPUT/<category>/."""
+    from anomaflow.flows.fleet import fleet_inspection
+    from anomaflow.tasks.fleet import inbox_products
+
+    inbox_products(args.input)  # an empty or missing inbox fails before a server starts
+    if args.threshold is not None or args.runtime != "auto":
+        raise ValueError("--model all inspects each product with its own model: --threshold and --runtime do not apply")
+    t0 = time.perf_counter()
+    state = fleet_inspection(
+        str(args.input), str(args.output), alias=args.alias, batch_size=args.batch_size, return_state=True
+    )
+    columns = ("product", "status", "version", "NORMAL", "DEFECT", "ERROR")
+    code = _fleet_done(state, "fleet inspected", t0, columns)
+    print(f"review: anomaflow review --results {args.output}/*")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -274,7 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", required=True, type=Path, help="folder of images (png, jpg, bmp, tif), searched recursively"
     )
     p.add_argument("--output", required=True, type=Path, help="folder for results.csv and defect heat maps")
-    p.add_argument("--model", default="anomaflow-bottle", help="registered model name")
+    p.add_argument(
+        "--model",
+        default="anomaflow-bottle",
+        help="registered model name; 'all': every product folder INPUT/<category>/ with anomaflow-<category>",
+    )
     p.add_argument("--alias", default="champion", help="registry alias to resolve (once per run)")
     p.add_argument("--threshold", type=float, default=None, help="override the model's threshold for this run")
     p.add_argument("--batch-size", type=int, default=16)

@@ -91,7 +91,9 @@ def scheduled_retraining(
         tolerance,
         champion_field,
     )
+    headline = ("image_auroc", "pixel_auroc", "recall", "false_positive_rate", "auto_choice")
     return {
+        **{k: challenger[k] for k in headline if k in challenger},  # the challenger's, for fleet tables
         "challenger_version": challenger["model_version"],
         "champion_version_before": champion_version,
         "promoted": decision.promote,

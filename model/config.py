@@ -242,6 +242,9 @@ _DETECTOR_HELP = (
 )
 
 
+FLEET = "all"  # the category (or model) name of the fleet flows: every product
+
+
 class TrainConfig(BaseModel):
     """Everything one training run needs; logged as params, so it reproduces the run."""
 
@@ -252,8 +255,13 @@ class TrainConfig(BaseModel):
         Flag("--data", "MVTec AD root (holds CATEGORY/) or a folder of good images; default: built-in demo data"),
     ] = Field(None, description="MVTec-layout root; None = the built-in demo data")
     category: Annotated[
-        str, Flag("--category", "category folder (default: bottle; 'demo' for the demo data)", unset=True)
-    ] = Field("bottle", description="category folder under data_root (demo data: 'demo')")
+        str,
+        Flag(
+            "--category",
+            "category folder (default: bottle; 'demo' for the demo data; 'all': every category of --data, a fleet)",
+            unset=True,
+        ),
+    ] = Field("bottle", description="category folder under data_root (demo data: 'demo'; fleet flows: 'all')")
     detector: Annotated[
         Literal["autoencoder", "patchcore", "padim", "fusion", "auto"], Flag("--detector", _DETECTOR_HELP)
     ] = Field(

@@ -361,3 +361,44 @@ def test_backbone_and_layers_flags_reach_the_patchcore_config():
         config_from_args(build_parser().parse_args(["train", "--output", "o"])).patchcore.backbone
         == "efficientnet_lite0"
     )
+
+
+def test_train_category_all_trains_every_category_of_the_root_and_prints_one_table(demo_root, tmp_path, capsys):
+    root = tmp_path / "plant"
+    shutil.copytree(demo_root / "demo", root / "capsule")
+    (root / "notes").mkdir()  # no train/good: not a product
+    out = tmp_path / "out"
+    rc = main(["train", "--data", str(root), "--category", "all", "--output", str(out), *FAST])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    header = next(line for line in printed.splitlines() if line.startswith("product"))
+    assert header.split() == [
+        "product",
+        "status",
+        "detector",
+        "image_auroc",
+        "pixel_auroc",
+        "recall",
+        "fpr",
+        "version",
+        "promoted",
+    ]
+    assert "1 product(s) ok, 0 failed" in printed
+    (row,) = json.loads((out / "fleet.json").read_text())["products"]
+    assert row["product"] == "capsule" and row["status"] == "ok" and row["version"] == ""  # --no-register
+    assert (out / "capsule" / "metrics.json").is_file() and not (out / "notes").exists()
+
+
+def test_fleet_commands_refuse_what_does_not_apply_before_any_work(tmp_path, capsys):
+    rc = main(["train", "--category", "all", "--output", str(tmp_path / "o"), *FAST])
+    assert rc == 2 and "--data ROOT" in capsys.readouterr().err
+    rc = main(["train", "--data", str(tmp_path), "--category", "all", "--output", str(tmp_path / "o"), *FAST])
+    assert rc == 2 and "no MVTec-layout categories" in capsys.readouterr().err
+    inbox = tmp_path / "inbox"
+    (inbox / "capsule").mkdir(parents=True)
+    rc = main(["inspect", "--input", str(inbox), "--output", str(tmp_path / "i"), "--model", "all"])
+    assert rc == 2 and "no product folders with images" in capsys.readouterr().err
+    (inbox / "capsule" / "a.png").write_bytes(b"\x89PNG")
+    rc = main(["inspect", "--input", str(inbox), "--output", str(tmp_path / "i"), "--model", "all", "--threshold", "1"])
+    assert rc == 2 and "--threshold and --runtime do not apply" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "i").exists()
