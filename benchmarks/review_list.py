@@ -6,8 +6,9 @@ Generates an inspection folder of two products (anomaflow.review.sample; images 
 only), labels 500 parts, then times GET requests in-process (FastAPI TestClient: the server's own
 work, no network): the list's first page by score, a deep page, a filter on decision and review
 state, one product, a sort by path; the grid's first page, a deep page, a filter, one product; the
-overview and a part view, each once untimed first. Prints the median and the worst of --repeats per
-request. Targets: list pages 100 ms, grid pages 200 ms.
+overview and a part view, each once untimed first; then a bulk label of a grid page (48 unlabelled
+parts a request). Prints the median and the worst of --repeats per request. Targets: list pages
+100 ms, grid pages 200 ms.
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def main(argv: list[str] | None = None) -> int:
                 times.append((time.perf_counter() - t) * 1000)
                 assert r.status_code == 200, (url, r.status_code)
             lines.append(f"| {name} | {statistics.median(times):.0f} | {max(times):.0f} |")
+        # A bulk label of a full grid page, each repeat on parts nobody labelled yet.
+        scored = rows[rows["decision"] != "ERROR"].iloc[500:]
+        headers = {"X-CSRF-Token": client.app.state.csrf}
+        times = []
+        for i in range(args.repeats):
+            chunk = scored.iloc[i * GRID_PER_PAGE : (i + 1) * GRID_PER_PAGE]
+            items = [{"sha256": sha, "model_version": v} for sha, v in zip(chunk["sha256"], chunk["model_version"])]
+            body = {"items": items, "label": "good", "reviewer": "bench"}
+            t = time.perf_counter()
+            r = client.post("/api/labels/bulk", json=body, headers=headers)
+            times.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200 and len(r.json()["saved"]) == len(items), r.text
+        name = f"bulk label of a grid page ({GRID_PER_PAGE} parts, POST)"
+        lines.append(f"| {name} | {statistics.median(times):.0f} | {max(times):.0f} |")
         emit(lines)
     return 0
 

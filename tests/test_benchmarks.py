@@ -156,6 +156,21 @@ def test_screen_benchmark_moves_planted_defects_out_of_the_test_split(demo_root,
     assert capsys.readouterr().out.strip() in printed  # the stored table is the printed one
 
 
+def test_stored_fleet_result_prints_and_every_plan_gives_each_product_the_same_numbers(capsys):
+    """The docs' fleet table comes from the stored JSON: every product ok in every plan, and how many
+    products run at once changes no product's result."""
+    bench = load_script("fleet")
+    stored = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fleet.json"
+    assert bench.main(["--from-json", str(stored)]) == 0
+    assert "| 2x1 |" in capsys.readouterr().out
+    rows = json.loads(stored.read_text())["rows"]
+    by_product: dict[str, set] = {}
+    for r in rows:
+        assert r["ok"] == len({x["product"] for x in rows if x["plan"] == r["plan"]})
+        by_product.setdefault(r["product"], set()).add((r["detector"], r["image_auroc"], r["pixel_auroc"]))
+    assert "bottle" in by_product and all(len(v) == 1 for v in by_product.values())
+
+
 def test_stored_frame_policy_result_prints_and_never_falls_below_squashing(capsys):
     """The docs' frame table comes from the stored JSON; the policy's target holds on every row of it."""
     bench = load_script("frames")
