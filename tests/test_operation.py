@@ -198,28 +198,33 @@ def test_drift_is_reported_and_a_brightened_batch_is_flagged(registered, demo_ro
     assert any(r.data.metrics.get("drift_flagged") == 1.0 for r in runs)
 
 
-def test_reviewed_labels_recalibrate_the_threshold_through_the_gate(registered, demo_root, tmp_path):
-    """Inspect the demo test parts, review every verdict by its true label (one reviewer per
-    part, as in the browser), then recalibrate for recall 1.0: field metrics go to MLflow, and the
-    proposal is registered as a new version with the same weights, a new threshold and lineage
-    tags; champion moves only if the gate passes."""
-    from anomaflow.flows.recalibration import recalibrate
+def _inspect_and_review_demo_test_parts(demo_root, tmp_path):
+    """The demo test parts inspected by the champion and every verdict reviewed by its true label."""
     from anomaflow.tasks.labels import LabelStore
 
-    inbox = tmp_path / "inbox"
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
     truth = {}
     for p in sorted((demo_root / "demo" / "test").rglob("*.png")):
         name = f"{p.parent.name}_{p.name}"
         (inbox / name).write_bytes(p.read_bytes())
         truth[name] = p.parent.name != "good"
-    out = tmp_path / "out"
     batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name=NAME)
     store = LabelStore(f"sqlite:///{out / 'review.sqlite'}")
     for r in inspection.read_results(out / "results.csv"):
         defect, flagged = truth[r["path"]], r["decision"] == "DEFECT"
-        label = ("defect" if flagged else "missed") if defect else "good"
-        store.add(r["sha256"], r["model_version"], label, "qa")
+        store.add(r["sha256"], r["model_version"], ("defect" if flagged else "missed") if defect else "good", "qa")
+    return inbox, out, truth
+
+
+def test_reviewed_labels_recalibrate_the_threshold_through_the_gate(registered, demo_root, tmp_path):
+    """Inspect the demo test parts, review every verdict by its true label (one reviewer per
+    part, as in the browser), then recalibrate for recall 1.0: field metrics go to MLflow, and the
+    proposal is registered as a new version with the same weights, a new threshold and lineage
+    tags; champion moves only if the gate passes."""
+    from anomaflow.flows.recalibration import recalibrate
+
+    _, out, truth = _inspect_and_review_demo_test_parts(demo_root, tmp_path)
     client = MlflowClient()
     champion_before = client.get_model_version_by_alias(NAME, "champion").version
     result = recalibrate(results_dirs=[str(out)], model_name=NAME, target_recall=1.0, apply=True, min_reviewed=3)
@@ -282,25 +287,6 @@ def test_retraining_adds_reviewed_false_alarms_to_a_curated_copy(registered, dem
         run.data.tags["anomaflow.data_fingerprint"]
         != MlflowClient().get_run(registered["mlflow_run_id"]).data.tags["anomaflow.data_fingerprint"]
     )
-
-
-def _inspect_and_review_demo_test_parts(demo_root, tmp_path):
-    """The demo test parts inspected by the champion and every verdict reviewed by its true label."""
-    from anomaflow.tasks.labels import LabelStore
-
-    inbox, out = tmp_path / "inbox", tmp_path / "out"
-    inbox.mkdir()
-    truth = {}
-    for p in sorted((demo_root / "demo" / "test").rglob("*.png")):
-        name = f"{p.parent.name}_{p.name}"
-        (inbox / name).write_bytes(p.read_bytes())
-        truth[name] = p.parent.name != "good"
-    batch_inspection(input_dir=str(inbox), output_dir=str(out), model_name=NAME)
-    store = LabelStore(f"sqlite:///{out / 'review.sqlite'}")
-    for r in inspection.read_results(out / "results.csv"):
-        defect, flagged = truth[r["path"]], r["decision"] == "DEFECT"
-        store.add(r["sha256"], r["model_version"], ("defect" if flagged else "missed") if defect else "good", "qa")
-    return inbox, out, truth
 
 
 def test_a_recalibrated_threshold_survives_the_next_promotion(registered, demo_root, tmp_path):

@@ -68,6 +68,12 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def _open(pw):
+    """Debian's Chromium (never a downloaded one) and a page the size of a laptop screen."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    return browser, browser.new_page(viewport={"width": 1100, "height": 900})
+
+
 def test_label_three_parts_from_the_keyboard_and_find_them_after_a_restart(tmp_path):
     folder = make_inspection_folder(tmp_path / "inspect", n=80, seed=3)
     db = f"sqlite:///{tmp_path / 'labels.sqlite'}"
@@ -77,8 +83,7 @@ def test_label_three_parts_from_the_keyboard_and_find_them_after_a_restart(tmp_p
     base = f"http://127.0.0.1:{port}"
     try:
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            browser, page = _open(pw)
             page.goto(base + "/")
             defects = int(page.locator('td[data-decision="DEFECT"]').inner_text())
             assert defects > 3
@@ -105,8 +110,7 @@ def test_label_three_parts_from_the_keyboard_and_find_them_after_a_restart(tmp_p
 
         server = _serve(folder, port, db)  # a restart: labels come from the database
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
+            browser, page = _open(pw)
             for sha, label in zip(labelled, ("defect confirmed", "good part", "unsure")):
                 page.goto(f"{base}/parts/{sha}")
                 assert page.locator("#history").inner_text().count("ann") == 1
@@ -131,8 +135,7 @@ def test_bulk_label_grid_cells_from_the_keyboard_and_find_them_after_a_restart(t
     base = f"http://127.0.0.1:{port}"
     try:
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            browser, page = _open(pw)
             page.goto(base + "/")
             assert page.locator('#products tr[data-product="bottle-line"] td[data-count="rows"]').inner_text() == "30"
             page.locator('#products tr[data-product="bottle-line"] a', has_text="grid").click()
@@ -189,8 +192,7 @@ def test_bulk_label_grid_cells_from_the_keyboard_and_find_them_after_a_restart(t
 
         server = _serve(folder, port, db)  # a restart: labels come from the database
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            browser, page = _open(pw)
             page.goto(base + "/grid?product=bottle-line&state=good")
             found = page.locator("#grid .cell[data-sha]").evaluate_all("cs => cs.map(c => c.dataset.sha)")
             assert sorted(found) == sorted(chosen)
