@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ from anomaflow.tasks.feedback import (
     tag_threshold_source,
 )
 from anomaflow.tasks.promotion import decision_dict, evaluate_champion, gate
-
-
-def _trained_on(config: TrainConfig) -> list[str]:
-    """sha256s of the reviewed parts a curated copy added to the challenger's training set."""
-    info = Path(config.data_root or "") / config.category / "curation.json"
-    return [a["sha256"] for a in json.loads(info.read_text())["added"]] if info.is_file() else []
 
 
 @flow(name="scheduled-retraining", log_prints=True)
@@ -48,13 +41,14 @@ def scheduled_retraining(
     review_results: reviewed inspection folders. Their false alarms join train/good of a curated
     copy of the data (under curated_root, default <data_root>-curated; curation.json lists each
     addition), which the challenger trains on. Their other reviewed parts (defect, missed, good;
-    not the ones trained on) calibrate the challenger beside its held-out normals: its threshold is
-    lowered, if need be, to reach the champion's operating point on the reviewed defects (the target
-    recall its threshold was set for, else its field recall: a reviewed recalibration survives),
-    and its FPR estimate is never below its field FPR on the reviewed good parts
-    (model.evaluation.feedback.calibrate_with_reviews; each needs min_reviewed of its kind). With
-    min_reviewed of both, the gate also requires field precision and recall on those parts,
-    each model at its own threshold, not below the champion's (minus tolerance)."""
+    none whose content is in the challenger's train or test split) calibrate the challenger beside
+    its held-out normals: its threshold is lowered, if need be, to reach the champion's operating
+    point on the reviewed defects (the higher of the target recall its threshold was set for and
+    its field recall now: a reviewed recalibration survives), and its FPR estimate is never below
+    its field FPR on the reviewed good parts (model.evaluation.feedback.calibrate_with_reviews;
+    each needs min_reviewed of its kind). review_db: the label database (default: the review
+    app's, tasks.feedback.default_db). With min_reviewed of both, the gate also requires field
+    precision and recall on those parts, each model at its own threshold, not below the champion's (minus tolerance)."""
     if config.gate_fraction <= 0:
         raise ValueError(
             "the promotion gate needs a gate part of the test split: set config.gate_fraction > 0 (default 0.3)"
@@ -65,7 +59,9 @@ def scheduled_retraining(
         config = curated_config(config, list(review_results), db, curated_root)
     champion_version, champion_metrics = evaluate_champion(config)
     if review_results:
-        parts = reviewed_parts(list(review_results), db, config.model_name, _trained_on(config))
+        parts = reviewed_parts(
+            list(review_results), db, config.model_name, str(Path(config.data_root or "") / config.category)
+        )
         target, why = None, "no champion"
         if champion_version is not None and parts:
             champion_field = field_of_version(config.model_name, champion_version, parts)

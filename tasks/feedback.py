@@ -17,8 +17,10 @@ from anomaflow.tasks.reporting import artifact_key
 
 
 def default_db(results_dirs: list[str]) -> str:
-    """The review app's default label database: review.sqlite in the first results folder."""
-    return f"sqlite:///{(Path(results_dirs[0]) / 'review.sqlite').resolve()}"
+    """The review app's default label database (model.operations.results.default_label_db)."""
+    from anomaflow.model.operations.results import default_label_db
+
+    return default_label_db(results_dirs)
 
 
 @task(name="load_reviewed", cache_policy=NO_CACHE)
@@ -239,13 +241,15 @@ def curate_reviewed_normals(
 
 @task(name="reviewed_parts", cache_policy=NO_CACHE)
 def reviewed_parts(
-    results_dirs: list[str], db_url: str, model_name: str, leave_out: list[str] | None = None
+    results_dirs: list[str], db_url: str, model_name: str, dataset_dir: str | None = None
 ) -> list[feedback.ReviewedPart]:
     """Every part of model_name's rows in the folders with a definite latest label (defect and
     missed: defect, good: good; unsure left out), once per content: the newest label wins when the
     part was reviewed under several versions. Originals are found as for curation (gone or changed:
-    skipped with a warning). leave_out: sha256s the challenger trains on (a model is not judged on
-    its own training images)."""
+    skipped with a warning). dataset_dir: the challenger's category folder; a part whose content is
+    in its train or test split is left out: a model is not calibrated on its own training images,
+    and a threshold set on test images would flatter the metrics the run reports on them."""
+    from anomaflow.model.data.curation import content_hashes
     from anomaflow.model.operations.results import Results
     from anomaflow.tasks.labels import LabelStore
 
@@ -253,14 +257,14 @@ def reviewed_parts(
     results = Results(results_dirs)
     originals = Originals(results)
     latest = LabelStore(db_url).latest()
-    skip = set(leave_out or ())
+    skip = set(content_hashes(dataset_dir, "train", "test")) if dataset_dir else set()
     df = results.frame[(results.frame["model_name"] == model_name) & (results.frame["decision"] != "ERROR")]
     newest: dict[str, tuple[Any, Any]] = {}
     for row in df.itertuples():
         lab = latest.get((row.sha256, str(row.model_version)))
         if lab is None or lab.label not in feedback.TRUTH or row.sha256 in skip:
             continue
-        if row.sha256 not in newest or lab.created_at > newest[row.sha256][1].created_at:
+        if row.sha256 not in newest or lab.id > newest[row.sha256][1].id:  # ids grow with every label
             newest[row.sha256] = (row, lab)
     parts, missing = [], 0
     for sha, (row, lab) in newest.items():
@@ -271,7 +275,7 @@ def reviewed_parts(
             continue
         parts.append(feedback.ReviewedPart(str(source), sha, feedback.TRUTH[lab.label]))
     log.info(
-        "%s: %d reviewed parts for calibration (%d defects, %d good; %d not found, %d trained on)",
+        "%s: %d reviewed parts for calibration (%d defects, %d good; %d not found, %d in the dataset)",
         model_name,
         len(parts),
         sum(p.truth for p in parts),
@@ -340,20 +344,14 @@ def field_of_version(model_name: str, version: str, parts: list[feedback.Reviewe
 
 @task(name="reviewed_operating_point", cache_policy=NO_CACHE, **TRACKING_RETRIES)
 def reviewed_operating_point(model_name: str, version: str, field: dict[str, float]) -> tuple[float | None, str]:
-    """(target recall, where it came from) a challenger keeps: the target recall the version's
-    threshold was set for (its `anomaflow.threshold_source` tag: a recalibration or an earlier
-    retraining with reviews), else its field recall on the reviewed parts. The tag wins: it is the
-    operating point reviewers chose, and it does not drift with runtime or batch differences of
-    the re-scoring."""
-    from mlflow import MlflowClient
-
+    """(target recall, where it came from) a challenger keeps: the higher of the target recall the
+    version's threshold was set for (its `anomaflow.threshold_source` tag: a recalibration or an
+    earlier retraining with reviews) and its field recall on the reviewed parts now. The tag keeps
+    the operating point reviewers chose; the field recall keeps the gate reachable, which asks the
+    challenger for at least the champion's field recall on the same parts."""
     tracking.configure()
-    with tracking.unreachable_as_error(f"reading the tags of model {model_name!r} version {version}"):
-        source = MlflowClient().get_model_version(model_name, version).tags.get("anomaflow.threshold_source", "")
-    tagged = feedback.target_recall_of(source)
-    if tagged is not None:
-        return tagged, f"the target recall of champion v{version}"
-    return field["recall"], f"the field recall of champion v{version}"
+    source = tracking.version_tags(model_name, version).get("anomaflow.threshold_source", "")
+    return feedback.operating_point(feedback.target_recall_of(source), field["recall"], version)
 
 
 @task(name="tag_threshold_source", cache_policy=NO_CACHE, **TRACKING_RETRIES)

@@ -355,6 +355,12 @@ def tag_version(name: str, version: str, tags: dict[str, Any]) -> None:
         client.set_model_version_tag(name, version, k, str(v))
 
 
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """The tags of one registered model version."""
+    with unreachable_as_error(f"reading the tags of model {name!r} version {version}"):
+        return dict(MlflowClient().get_model_version(name, version).tags)
+
+
 def resolve_alias(name: str, alias: str) -> str | None:
     """Version behind an alias, or None when the alias (or the model) does not exist."""
     try:

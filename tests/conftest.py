@@ -26,6 +26,17 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def line_parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """New parts from the demo product's line: its test split made with another seed, so no file
+    is in demo_root's dataset (retraining leaves reviewed parts that are out of calibration)."""
+    from anomaflow.model.data.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("line-parts")
+    make_demo_dataset(root, "demo", seed=7, image_size=64, n_train=20, n_test_good=12, n_test_per_defect=3)
+    return root / "demo" / "test"
+
+
 @pytest.fixture()
 def anomaflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

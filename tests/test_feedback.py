@@ -11,6 +11,7 @@ from anomaflow.model.data.curation import Addition, curate, curation_summary
 from anomaflow.model.evaluation.feedback import (
     at_threshold,
     calibrate_with_reviews,
+    operating_point,
     propose,
     reviewed,
     reviewed_truth,
@@ -130,3 +131,11 @@ def test_cuts_leave_a_margin_for_re_scoring_and_the_target_recall_is_read_back_f
     source = "reviewed labels (9 defects, 4 good), target recall 0.888889 (champion v2): lowered from 0.55"
     assert target_recall_of(source) == 0.888889
     assert target_recall_of(threshold_source(r, None, 0.05)) is None and target_recall_of("") is None
+
+
+def test_the_operating_point_kept_is_the_higher_of_the_chosen_and_the_measured_recall():
+    assert operating_point(1.0, 0.9, "3") == (1.0, "the target recall of champion v3")  # reviewers chose 1.0
+    assert operating_point(0.9, 0.95, "3") == (0.95, "the field recall of champion v3")  # else the gate refuses
+    assert operating_point(None, 0.8, "3") == (0.8, "the field recall of champion v3")
+    assert operating_point(0.9, float("nan"), "3")[0] == 0.9  # no reviewed defects: the tag
+    assert operating_point(None, float("nan"), "3")[0] is None

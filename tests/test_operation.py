@@ -198,14 +198,14 @@ def test_drift_is_reported_and_a_brightened_batch_is_flagged(registered, demo_ro
     assert any(r.data.metrics.get("drift_flagged") == 1.0 for r in runs)
 
 
-def _inspect_and_review_demo_test_parts(demo_root, tmp_path):
-    """The demo test parts inspected by the champion and every verdict reviewed by its true label."""
+def _inspect_and_review(test_split, tmp_path):
+    """The parts of a test split inspected by the champion and every verdict reviewed by its true label."""
     from anomaflow.tasks.labels import LabelStore
 
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
     truth = {}
-    for p in sorted((demo_root / "demo" / "test").rglob("*.png")):
+    for p in sorted(test_split.rglob("*.png")):
         name = f"{p.parent.name}_{p.name}"
         (inbox / name).write_bytes(p.read_bytes())
         truth[name] = p.parent.name != "good"
@@ -224,7 +224,7 @@ def test_reviewed_labels_recalibrate_the_threshold_through_the_gate(registered, 
     tags; champion moves only if the gate passes."""
     from anomaflow.flows.recalibration import recalibrate
 
-    _, out, truth = _inspect_and_review_demo_test_parts(demo_root, tmp_path)
+    _, out, truth = _inspect_and_review(demo_root / "demo" / "test", tmp_path)
     client = MlflowClient()
     champion_before = client.get_model_version_by_alias(NAME, "champion").version
     result = recalibrate(results_dirs=[str(out)], model_name=NAME, target_recall=1.0, apply=True, min_reviewed=3)
@@ -289,14 +289,14 @@ def test_retraining_adds_reviewed_false_alarms_to_a_curated_copy(registered, dem
     )
 
 
-def test_a_recalibrated_threshold_survives_the_next_promotion(registered, demo_root, tmp_path):
+def test_a_recalibrated_threshold_survives_the_next_promotion(registered, demo_root, line_parts, tmp_path):
     """Recalibrate the champion for field recall 1.0 on reviewed parts, then retrain with those
     reviews: the challenger's registered threshold also catches every reviewed defect (as the
     challenger scores them), its FPR estimate is not below its field FPR on the reviewed good
     parts, and the gate compared field precision/recall of both on the same parts."""
     from anomaflow.flows.recalibration import recalibrate
 
-    inbox, out, truth = _inspect_and_review_demo_test_parts(demo_root, tmp_path)
+    inbox, out, truth = _inspect_and_review(line_parts, tmp_path)  # new parts, none in the dataset
     client = MlflowClient()
     rec = recalibrate(results_dirs=[str(out)], model_name=NAME, target_recall=1.0, apply=True, min_reviewed=3)
     if not rec["promoted"]:  # the recalibration gate may refuse (lower field F1): make it champion by hand

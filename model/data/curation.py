@@ -39,6 +39,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def content_hashes(category_dir: str | Path, *splits: str) -> dict[str, str]:
+    """sha256 -> path (relative to category_dir) of every file under the named split folders
+    (train, test) that exist: what a reviewed part is checked against before it is trained or
+    calibrated on."""
+    root = Path(category_dir)
+    return {
+        hashlib.sha256(p.read_bytes()).hexdigest(): p.relative_to(root).as_posix()
+        for split in splits
+        if (root / split).is_dir()
+        for p in sorted((root / split).rglob("*"))
+        if p.is_file()
+    }
+
+
 def curate(root: str | Path, category: str, additions: list[Addition], dest_root: str | Path) -> Path:
     """dest_root/category = root/category + the additions under train/good; returns the category folder.
     An addition whose file no longer has its sha256 is an error (the reviewer saw other content);
@@ -52,15 +66,7 @@ def curate(root: str | Path, category: str, additions: list[Addition], dest_root
     final = dest_root / category
     if final.resolve() == src_cat.resolve():
         raise ValueError(f"{final}: the curated folder must differ from the dataset it copies")
-    in_test = (
-        {
-            hashlib.sha256(p.read_bytes()).hexdigest(): p.relative_to(src_cat).as_posix()
-            for p in sorted((src_cat / "test").rglob("*"))
-            if p.is_file()
-        }
-        if (src_cat / "test").is_dir()
-        else {}
-    )
+    in_test = content_hashes(src_cat, "test")
     tmp = Path(tempfile.mkdtemp(prefix=f".{category}-", dir=dest_root))
     try:
         for path in sorted(src_cat.rglob("*")):

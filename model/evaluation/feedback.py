@@ -166,6 +166,17 @@ def target_recall_of(source: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def operating_point(tagged: float | None, measured: float, version: str) -> tuple[float | None, str]:
+    """The target recall a challenger keeps from champion `version`: the higher of the recall its
+    threshold was set for (tagged) and its field recall on the reviewed parts (measured, NaN when
+    none was reviewed as a defect), with where it came from."""
+    if tagged is not None and not measured >= tagged:  # NaN measured: the tag
+        return tagged, f"the target recall of champion v{version}"
+    if measured != measured:
+        return None, f"champion v{version} has no reviewed defects"
+    return float(measured), f"the field recall of champion v{version}"
+
+
 def reviewed_truth(scores: list[float | None], truth: list[int]) -> Reviewed:
     """Reviewed parts from scores and truths (1 defect, 0 good); unscored parts left out."""
     return reviewed(scores, ["defect" if t else "good" for t in truth])
