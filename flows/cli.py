@@ -265,13 +265,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def cmd_review(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from anomaflow.model.operations.results import default_label_db
     from anomaflow.review.app import create_app
 
     if args.host not in LOOPBACK and not args.token:
         raise ValueError(
             f"--host {args.host} opens the review app to other machines: give --token (a long random string) too"
         )
-    db = args.db or f"sqlite:///{(args.results[0] / 'review.sqlite').resolve()}"
+    db = args.db or default_label_db(args.results)
     app = create_app(args.results, db, token=args.token or None, host=args.host, allowed_hosts=args.allowed_host)
     url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
     print(

@@ -1,10 +1,10 @@
 """Fleet flows: train, retrain or inspect every product of a root in one flow run.
 
 Each product runs its own flow (train-pipeline, scheduled-retraining, batch-inspection) as a
-subflow inside one task of `fleet-products`; those tasks run `concurrency` at a time on a
-thread pool, or on a Dask cluster (dask_address, the DaskTaskRunner inspection uses). A product
-that fails is one failed task: the others finish, the table says which failed and why, and the
-fleet run ends Failed. Prefect maps tasks, not flows, hence one task per product.
+subflow inside one task of `fleet-products`; those tasks run one at a time in this process, or
+`concurrency` at a time in local worker processes, or on a Dask cluster (dask_address), the
+latter two through the DaskTaskRunner inspection uses. A product that fails is one failed task:
+the others finish, the table says which failed and why, and the fleet run ends Failed. Prefect maps tasks, not flows, hence one task per product.
 """
 
 from __future__ import annotations
@@ -77,11 +77,16 @@ def fleet_products(job: Job, products: dict[str, dict[str, Any]], tracking_uri: 
 
 
 def _run_fleet(job: Job, plan: FleetPlan, products: dict[str, dict[str, Any]]) -> list[ProductOutcome]:
-    runner = (
-        dask_task_runner(plan.dask_address, 0)
-        if plan.dask_address
-        else ThreadPoolTaskRunner(max_workers=plan.concurrency)
-    )
+    """One product at a time runs in this process. Several at once run in as many single-threaded
+    Dask worker processes (a temporary LocalCluster): torch's thread count and its and numpy's
+    global random state are per process, so products side by side neither reseed each other nor
+    share one thread pool, and each gives the numbers it gives alone."""
+    if plan.dask_address:
+        runner = dask_task_runner(plan.dask_address, 0)
+    elif plan.concurrency > 1:
+        runner = dask_task_runner(None, plan.concurrency)
+    else:
+        runner = ThreadPoolTaskRunner(max_workers=1)
     print(f"fleet {job}: {plan.describe()}")
     return fleet_products.with_options(task_runner=runner)(job, products, tracking.tracking_uri())
 
@@ -116,11 +121,12 @@ def fleet_training(
         resolve_dask_address(dask_address),
     )
     experiment = config.experiment_name or "anomaflow-fleet"
+    configs = {c: product_config(config, c, experiment, plan.threads_per_product) for c in plan.products}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     parent = start_fleet_run(experiment, f"fleet-{config.detector}-{stamp}", plan, config.params())
     products = {
         c: {
-            "config": product_config(config, c, experiment, plan.threads_per_product),
+            "config": configs[c],
             "output_dir": str(Path(output_dir) / c) if output_dir else None,
             "register_model": register_model,
             "parent_run_id": parent,
@@ -129,12 +135,12 @@ def fleet_training(
     }
     try:
         outcomes = _run_fleet("train", plan, products)
+        rows = summary_rows(outcomes, config.detector)
+        publish_fleet("training", rows, output_dir)  # the table first: it stands even if MLflow fails now
     except BaseException:
         tracking.mark_failed_quietly(parent)
         raise
-    rows = summary_rows(outcomes, config.detector)
     finish_fleet_run(parent, rows)
-    publish_fleet("training", rows, output_dir)
     return _ended("training", outcomes, rows, mlflow_run_id=parent)
 
 
@@ -146,12 +152,15 @@ def fleet_retraining(
     min_bars: dict[str, float] = GATE_BARS,
     tolerance: float = 0.0,
     review_root: str | None = None,
+    review_db: str | None = None,
     concurrency: int | None = None,
     dask_address: str | None = None,
 ) -> dict[str, Any]:
     """scheduled-retraining for every category of config.data_root: each product's challenger
     against its own champion through its own gate. review_root: reviewed inspection folders per
-    product (REVIEW_ROOT/<category>/, as fleet-inspection writes them)."""
+    product (REVIEW_ROOT/<category>/, as fleet-inspection writes them); review_db: their label
+    database (default: REVIEW_ROOT/review.sqlite, where `anomaflow review --results REVIEW_ROOT/*`
+    keeps the labels of a fleet inspection)."""
     plan = plan_fleet(
         categories or fleet_categories(config.data_root),
         config.num_threads,
@@ -167,6 +176,7 @@ def fleet_retraining(
             "min_bars": dict(min_bars),
             "tolerance": tolerance,
             "review_results": [str(reviewed)] if reviewed is not None and reviewed.is_dir() else None,
+            "review_db": review_db,
         }
     outcomes = _run_fleet("retrain", plan, products)
     rows = summary_rows(outcomes, config.detector)

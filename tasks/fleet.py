@@ -20,11 +20,12 @@ from anomaflow.model.config import FLEET, TrainConfig
 from anomaflow.model.data import datasets as data
 from anomaflow.model.files import write_json_atomic
 from anomaflow.model.operations.inspection import list_inbox
+from anomaflow.model.operations.results import FLEET_SUMMARY
 from anomaflow.tasks import tracking
 from anomaflow.tasks.registration import TRACKING_RETRIES
 from anomaflow.tasks.reporting import artifact_key
 
-SUMMARY_FILE = "fleet.json"
+SUMMARY_FILE = FLEET_SUMMARY
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,10 @@ class FleetPlan:
     dask_address: str | None = None
 
     def describe(self) -> str:
-        where = f"on Dask {self.dask_address}" if self.dask_address else "in this process"
+        if self.dask_address:
+            where = f"on Dask {self.dask_address}"
+        else:
+            where = "in this process" if self.concurrency == 1 else f"in {self.concurrency} worker processes"
         return (
             f"{len(self.products)} product(s) {', '.join(self.products)}: {self.concurrency} at a time, "
             f"{self.threads_per_product} torch thread(s) each, {where}"

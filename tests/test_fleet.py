@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from anomaflow.flows.fleet import fleet_inspection, fleet_retraining, fleet_training
 from anomaflow.model.operations import inspection
+from anomaflow.model.operations.results import default_label_db
 from anomaflow.tasks.fleet import SUMMARY_FILE, fleet_categories, inbox_products, plan_fleet
 from anomaflow.tasks.labels import LabelStore
 from tests.helpers import tiny_config
@@ -47,7 +48,7 @@ def test_plan_respects_the_cores_and_names_the_products(fleet_root, monkeypatch)
         plan_fleet(["a"], None, 0, None)
 
 
-def test_fleet_trains_each_product_and_one_failure_stops_no_other(mlflow_server, fleet_root, tmp_path):
+def test_fleet_trains_each_product_and_one_failure_stops_no_other(mlflow_server, fleet_root, line_parts, tmp_path):
     config = tiny_config(fleet_root, experiment_name="fleet-test").model_copy(update={"num_threads": 1})
     state = fleet_training(config, output_dir=str(tmp_path / "out"), concurrency=2, return_state=True)
     assert state.is_failed() and "broken" in state.message
@@ -78,23 +79,27 @@ def test_fleet_trains_each_product_and_one_failure_stops_no_other(mlflow_server,
     inbox = tmp_path / "inbox"
     (inbox / "capsule").mkdir(parents=True)
     for p in sorted((fleet_root / "capsule" / "test").rglob("*.png"))[:5]:
-        shutil.copy(p, inbox / "capsule" / f"{p.parent.name}_{p.name}")
+        shutil.copy(p, inbox / "capsule" / f"{p.parent.name}_{p.name}")  # test images of the dataset
+    for p in sorted(line_parts.rglob("*.png"))[:5]:
+        shutil.copy(p, inbox / "capsule" / f"line_{p.parent.name}_{p.name}")  # new parts
     (inbox / "broken").mkdir()
     shutil.copy(next((fleet_root / "capsule" / "test" / "good").iterdir()), inbox / "broken" / "a.png")
     assert inbox_products(inbox) == ["broken", "capsule"]
     state = fleet_inspection(str(inbox), str(tmp_path / "inspected"), return_state=True)
     assert state.is_failed()  # anomaflow-broken was never registered
     rows = {r["product"]: r for r in state.result(raise_on_failure=False)["products"]}
-    assert rows["capsule"]["status"] == "ok" and rows["capsule"]["NORMAL"] + rows["capsule"]["DEFECT"] == 5
+    assert rows["capsule"]["status"] == "ok" and rows["capsule"]["NORMAL"] + rows["capsule"]["DEFECT"] == 10
     assert "anomaflow-broken" in rows["broken"]["error"]
-    assert len(inspection.read_results(tmp_path / "inspected" / "capsule" / "results.csv")) == 5
+    assert len(inspection.read_results(tmp_path / "inspected" / "capsule" / "results.csv")) == 10
 
     # The weekly fleet retraining: each product against its own champion, with its own reviews
     # (REVIEW_ROOT/<category>/ as the fleet inspection wrote them); the broken product fails alone.
     inspected = tmp_path / "inspected"
-    store = LabelStore(f"sqlite:///{inspected / 'capsule' / 'review.sqlite'}")
+    db = default_label_db([inspected / "capsule", inspected / "broken"])  # `anomaflow review --results inspected/*`
+    assert db == f"sqlite:///{inspected.resolve() / 'review.sqlite'}"  # the fleet's one label database
+    store = LabelStore(db)
     for r in inspection.read_results(inspected / "capsule" / "results.csv"):
-        defect = not r["path"].startswith("good_")
+        defect = "good_" not in r["path"]
         store.add(
             r["sha256"],
             r["model_version"],
@@ -110,7 +115,8 @@ def test_fleet_trains_each_product_and_one_failure_stops_no_other(mlflow_server,
     assert 0.0 <= rows["capsule"]["image_auroc"] <= 1.0
     assert result["results"]["capsule"]["champion_version_before"] == "1"
     challenger = client.get_run(client.get_model_version("anomaflow-capsule", "2").run_id)
-    assert challenger.data.metrics["reviewed_defects"] >= 1  # the product's own reviews calibrated it
+    # The product's own reviews calibrated it: the 5 new parts (all defects), not the 5 test images.
+    assert challenger.data.metrics["reviewed_defects"] == 5 and challenger.data.metrics["reviewed_good"] == 0
 
 
 def test_fleet_runs_on_a_dask_cluster_given_its_address(mlflow_server, fleet_root, tmp_path):

@@ -400,3 +400,20 @@ def test_the_reviews_export_neutralises_formulas_and_results_csv_stays_exact(fol
     assert (got["path"], got["reviewer"], got["note"]) == ("'=1+2.png", "'-ann", "'@SUM(A1) cracked")
     assert (got["sha256"], got["label"], float(got["score"])) == (first["sha256"], "defect", float(first["score"]))
     assert '\n"=1+2.png",' in results_csv.read_text() or "\n=1+2.png," in results_csv.read_text()  # the ledger is exact
+
+
+def test_the_default_label_database_is_a_fleets_own_else_the_first_folders(tmp_path):
+    from anomaflow.model.operations.results import FLEET_SUMMARY, default_label_db
+
+    fleet = tmp_path / "inspected"
+    for product in ("bottle", "cable"):
+        (fleet / product).mkdir(parents=True)
+    first = f"sqlite:///{(fleet / 'bottle').resolve() / 'review.sqlite'}"
+    assert default_label_db([fleet / "bottle", fleet / "cable"]) == first  # no fleet.json: not a fleet's
+    (fleet / FLEET_SUMMARY).write_text("{}")
+    shared = f"sqlite:///{fleet.resolve() / 'review.sqlite'}"
+    assert default_label_db([fleet / "bottle", fleet / "cable"]) == shared
+    assert default_label_db([fleet / "cable"]) == shared  # one product of the fleet opened alone: the same labels
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert default_label_db([fleet / "bottle", other]) == first  # folders of different roots

@@ -28,6 +28,21 @@ from anomaflow.model.operations.inspection import (
     view_paths,
 )
 
+FLEET_SUMMARY = "fleet.json"  # a fleet's output root holds it beside the product folders
+LABEL_DB = "review.sqlite"
+
+
+def default_label_db(folders: list[str] | list[Path]) -> str:
+    """The label database the review app, recalibration and retraining share by default: a
+    fleet's (FLEET_SUMMARY beside the folders) when every folder is a product folder of one fleet
+    inspection, so its products' labels are in one place however many folders are opened; else
+    the first folder's."""
+    parents = {Path(f).resolve().parent for f in folders}
+    (only,) = parents if len(parents) == 1 else (None,)
+    where = only if only is not None and (only / FLEET_SUMMARY).is_file() else Path(folders[0]).resolve()
+    return f"sqlite:///{where / LABEL_DB}"
+
+
 SHA = re.compile(r"^[0-9a-f]{64}$")
 SORTS = ("score", "path", "inspected_at", "decision")
 STATES = ("unreviewed", "reviewed", "defect", "good", "missed", "unsure")
@@ -77,8 +92,9 @@ class Results:
             if not f.is_dir():
                 raise FileNotFoundError(f"{f}: no such folder; point --results at an `anomaflow inspect` output folder")
         self._stamp: tuple = ()
-        self.frame = pd.DataFrame()
-        self._by_sha: dict[str, np.ndarray] = {}
+        # (frame, rows by sha256) swapped in as one value: a request on another thread never
+        # pairs a new frame with an old index (the app serves sync routes from a thread pool)
+        self._loaded: tuple[pd.DataFrame, dict[str, np.ndarray]] = (pd.DataFrame(), {})
         self.refresh()
 
     def _stamps(self) -> tuple:
@@ -105,10 +121,15 @@ class Results:
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*FIELDS, "folder"])
         df["score"] = pd.to_numeric(df["score"], errors="coerce")
         df["threshold"] = pd.to_numeric(df["threshold"], errors="coerce")
-        self.frame = df.reset_index(drop=True)
+        df = df.reset_index(drop=True)
         # rows by sha256: every image request and every item of a bulk label looks one up
-        self._by_sha = self.frame.groupby("sha256", sort=False).indices if len(self.frame) else {}
+        self._loaded = (df, df.groupby("sha256", sort=False).indices if len(df) else {})
         self._stamp = stamp
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Every row of the folders as last loaded (a new object on each reload, never edited)."""
+        return self._loaded[0]
 
     # -- summaries ----------------------------------------------------------------------------
     def models(self) -> list[tuple[str, str]]:
@@ -175,7 +196,8 @@ class Results:
 
     # -- lookup and paging --------------------------------------------------------------------
     def rows_for(self, sha256: str) -> pd.DataFrame:
-        return self.frame.iloc[self._by_sha.get(sha256, [])]
+        frame, by_sha = self._loaded
+        return frame.iloc[by_sha.get(sha256, [])]
 
     def image_file(self, sha256: str, kind: str) -> Path | None:
         """The review copy of a part, by content hash only: the request never names a path.
