@@ -4,7 +4,8 @@ Each product runs its own flow (train-pipeline, scheduled-retraining, batch-insp
 subflow inside one task of `fleet-products`; those tasks run one at a time in this process, or
 `concurrency` at a time in local worker processes, or on a Dask cluster (dask_address), the
 latter two through the DaskTaskRunner inspection uses. A product that fails is one failed task:
-the others finish, the table says which failed and why, and the fleet run ends Failed. Prefect maps tasks, not flows, hence one task per product.
+the others finish, the table says which failed and why, and the fleet run ends Failed. Prefect
+maps tasks, not flows, hence one task per product.
 """
 
 from __future__ import annotations
