@@ -154,6 +154,7 @@ def fleet_retraining(
     tolerance: float = 0.0,
     review_root: str | None = None,
     review_db: str | None = None,
+    curated_root: str | None = None,
     concurrency: int | None = None,
     dask_address: str | None = None,
 ) -> dict[str, Any]:
@@ -161,7 +162,8 @@ def fleet_retraining(
     against its own champion through its own gate. review_root: reviewed inspection folders per
     product (REVIEW_ROOT/<category>/, as fleet-inspection writes them); review_db: their label
     database (default: REVIEW_ROOT/review.sqlite, where `anomaflow review --results REVIEW_ROOT/*`
-    keeps the labels of a fleet inspection)."""
+    keeps the labels of a fleet inspection); curated_root: where each product's curated copy
+    goes (CURATED_ROOT/<category>/, default <data_root>-curated)."""
     plan = plan_fleet(
         categories or fleet_categories(config.data_root),
         config.num_threads,
@@ -178,6 +180,7 @@ def fleet_retraining(
             "tolerance": tolerance,
             "review_results": [str(reviewed)] if reviewed is not None and reviewed.is_dir() else None,
             "review_db": review_db,
+            "curated_root": curated_root,
         }
     outcomes = _run_fleet("retrain", plan, products)
     rows = summary_rows(outcomes, config.detector)

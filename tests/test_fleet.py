@@ -106,7 +106,14 @@ def test_fleet_trains_each_product_and_one_failure_stops_no_other(mlflow_server,
             ("defect" if r["decision"] == "DEFECT" else "missed") if defect else "good",
             "qa",
         )
-    state = fleet_retraining(config, min_bars={}, review_root=str(inspected), concurrency=2, return_state=True)
+    state = fleet_retraining(
+        config,
+        min_bars={},
+        review_root=str(inspected),
+        curated_root=str(tmp_path / "curated"),
+        concurrency=2,
+        return_state=True,
+    )
     assert state.is_failed() and "broken" in state.message
     result = state.result(raise_on_failure=False)
     rows = {r["product"]: r for r in result["products"]}
@@ -117,6 +124,7 @@ def test_fleet_trains_each_product_and_one_failure_stops_no_other(mlflow_server,
     challenger = client.get_run(client.get_model_version("anomaflow-capsule", "2").run_id)
     # The product's own reviews calibrated it: the 5 new parts (all defects), not the 5 test images.
     assert challenger.data.metrics["reviewed_defects"] == 5 and challenger.data.metrics["reviewed_good"] == 0
+    assert (tmp_path / "curated" / "capsule" / "curation.json").is_file()  # the product's curated copy
 
 
 def test_fleet_runs_on_a_dask_cluster_given_its_address(mlflow_server, fleet_root, tmp_path):
