@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from anomaflow.flows.training import train_pipeline
 from anomaflow.model.config import TrainConfig
-from anomaflow.model.evaluation.feedback import ReviewCalibration
 from anomaflow.model.evaluation.promotion import GATE_BARS
-from anomaflow.tasks.feedback import (
-    curated_config,
-    default_db,
-    field_of_version,
-    reviewed_operating_point,
-    reviewed_parts,
-    tag_threshold_source,
-)
+from anomaflow.tasks.feedback import curated_config, default_db, review_calibration, tag_threshold_source
 from anomaflow.tasks.promotion import decision_dict, evaluate_champion, gate
 
 
@@ -48,7 +39,8 @@ def scheduled_retraining(
     its field FPR on the reviewed good parts (model.evaluation.feedback.calibrate_with_reviews;
     each needs min_reviewed of its kind). review_db: the label database (default: the review
     app's, tasks.feedback.default_db). With min_reviewed of both, the gate also requires field
-    precision and recall on those parts, each model at its own threshold, not below the champion's (minus tolerance)."""
+    precision and recall on those parts, each model at its own threshold, not below the
+    champion's (minus tolerance)."""
     if config.gate_fraction <= 0:
         raise ValueError(
             "the promotion gate needs a gate part of the test split: set config.gate_fraction > 0 (default 0.3)"
@@ -59,21 +51,7 @@ def scheduled_retraining(
         config = curated_config(config, list(review_results), db, curated_root)
     champion_version, champion_metrics = evaluate_champion(config)
     if review_results:
-        parts = reviewed_parts(
-            list(review_results), db, config.model_name, str(Path(config.data_root or "") / config.category)
-        )
-        target, why = None, "no champion"
-        if champion_version is not None and parts:
-            champion_field = field_of_version(config.model_name, champion_version, parts)
-            target, why = reviewed_operating_point(config.model_name, champion_version, champion_field)
-        reviewed = ReviewCalibration(parts, target, min_reviewed, why)
-        enough = champion_field is not None and min(champion_field["defects"], champion_field["goods"]) >= min_reviewed
-        if champion_field is not None and not enough:
-            print(
-                f"field comparison left out of the gate: {champion_field['defects']} reviewed defects and "
-                f"{champion_field['goods']} good, fewer than min_reviewed={min_reviewed} of each"
-            )
-            champion_field = None
+        reviewed, champion_field = review_calibration(list(review_results), db, config, champion_version, min_reviewed)
     challenger = train_pipeline(config, first_champion=False, reviewed=reviewed)
     if reviewed is not None:
         tag_threshold_source(config.model_name, challenger["model_version"], challenger)

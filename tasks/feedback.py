@@ -354,6 +354,25 @@ def reviewed_operating_point(model_name: str, version: str, field: dict[str, flo
     return feedback.operating_point(feedback.target_recall_of(source), field["recall"], version)
 
 
+def review_calibration(
+    results_dirs: list[str], db_url: str, config: TrainConfig, champion_version: str | None, min_reviewed: int
+) -> tuple[feedback.ReviewCalibration, dict[str, float] | None]:
+    """What a retraining with reviews calibrates its challenger on (the reviewed parts outside its
+    dataset, the champion's operating point) and the champion's field metrics the gate compares
+    with: None when there is no champion, or too few reviewed parts of a kind to compare on."""
+    dataset_dir = str(Path(config.data_root or "") / config.category)
+    parts = reviewed_parts(results_dirs, db_url, config.model_name, dataset_dir)
+    target, why, champion_field = None, "no champion", None
+    if champion_version is not None and parts:
+        champion_field = field_of_version(config.model_name, champion_version, parts)
+        target, why = reviewed_operating_point(config.model_name, champion_version, champion_field)
+        short = feedback.too_few_to_compare(champion_field, min_reviewed)
+        if short:
+            get_run_logger().info("field comparison left out of the gate: %s", short)
+            champion_field = None
+    return feedback.ReviewCalibration(parts, target, min_reviewed, why), champion_field
+
+
 @task(name="tag_threshold_source", cache_policy=NO_CACHE, **TRACKING_RETRIES)
 def tag_threshold_source(model_name: str, version: str, challenger: dict[str, Any]) -> None:
     """Say on the challenger's version where its threshold came from (as a recalibrated version does)."""

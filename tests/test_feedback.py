@@ -18,6 +18,7 @@ from anomaflow.model.evaluation.feedback import (
     target_recall_of,
     threshold_source,
     threshold_table,
+    too_few_to_compare,
 )
 
 
@@ -139,3 +140,9 @@ def test_the_operating_point_kept_is_the_higher_of_the_chosen_and_the_measured_r
     assert operating_point(None, 0.8, "3") == (0.8, "the field recall of champion v3")
     assert operating_point(0.9, float("nan"), "3")[0] == 0.9  # no reviewed defects: the tag
     assert operating_point(None, float("nan"), "3")[0] is None
+
+
+def test_the_gate_compares_field_metrics_only_on_enough_reviewed_parts_of_each_kind():
+    assert too_few_to_compare({"defects": 5, "goods": 5}, 5) is None
+    why = too_few_to_compare({"defects": 9, "goods": 2}, 5)
+    assert why == "9 reviewed defects and 2 good, fewer than min_reviewed=5 of each"

@@ -177,6 +177,17 @@ def operating_point(tagged: float | None, measured: float, version: str) -> tupl
     return float(measured), f"the field recall of champion v{version}"
 
 
+def too_few_to_compare(field: dict[str, float], min_reviewed: int) -> str | None:
+    """Why field metrics rest on too few reviewed parts to gate a promotion on (None: enough):
+    min_reviewed defects and as many good parts."""
+    if min(field["defects"], field["goods"]) >= min_reviewed:
+        return None
+    return (
+        f"{field['defects']:g} reviewed defects and {field['goods']:g} good, "
+        f"fewer than min_reviewed={min_reviewed} of each"
+    )
+
+
 def reviewed_truth(scores: list[float | None], truth: list[int]) -> Reviewed:
     """Reviewed parts from scores and truths (1 defect, 0 good); unscored parts left out."""
     return reviewed(scores, ["defect" if t else "good" for t in truth])
